@@ -1,0 +1,178 @@
+"""Brain extraction (skull stripping) for non-contrast head CT.
+
+Follows the CT protocol of Muschelli et al. 2015 (keep 0-100 HU, drop skull,
+eyes, face, neck and table, fill holes, keep the brain), implemented with
+scipy instead of FSL:
+
+1. Coarse grid (about 2 mm): bone is HU >= 200. The cranium is what the
+   closed skull encloses in 2D sections along each of the three voxel axes;
+   the skull base is open in 3D, but most sections of the vault are rings,
+   and a gap rarely opens the same spot in all three directions.
+2. Soft tissue (0-100 HU) in the cranium is opened with a ball so thin bridges
+   through foramina and orbits break; its largest component is the brain.
+3. Native grid: the boundary is redrawn from the 0-100 HU threshold near the
+   coarse brain, then lightly closed and hole-filled (ventricles,
+   calcifications, CSF darker than 0 HU).
+
+Blood (40-100 HU) is soft tissue in the cranium, so hematomas, also those
+against the inner table, stay in the mask. Sizes are in mm and every step is
+symmetric in the voxel axes, so voxel size and orientation do not matter.
+"""
+import warnings
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import InputError
+
+HU_MIN, HU_MAX = -1024.0, 3071.0
+TISSUE_HU = (0.0, 100.0)   # Muschelli et al. 2015 window; ICH is 40-100 HU
+BONE_HU = 200.0
+SMOOTH_MM = 0.75           # Gaussian sigma: tames sub-mm pixel noise, keeps edges
+COARSE_MM = 2.0            # grid of the topology steps
+BONE_CLOSE_MM = 5.0        # seals sutures, foramina and fissures narrower than ~10 mm
+OPEN_MM = 4.0              # cuts tissue bridges narrower than ~8 mm (optic canal, fissures)
+GROW_MM = 3.0              # room for the native threshold around the coarse brain
+NATIVE_CLOSE_MM = 1.0
+
+
+def voxel_sizes(affine):
+    """Voxel edge lengths in mm (column norms of the affine)."""
+    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+
+
+def brain_volume_ml(mask, affine):
+    """Volume of a binary mask in millilitres."""
+    voxel_ml = abs(np.linalg.det(np.asarray(affine, float)[:3, :3])) / 1000.0
+    return float(np.count_nonzero(mask) * voxel_ml)
+
+
+def extract_brain_img(img):
+    """Brain mask of a nibabel CT image (HU), as a boolean array on its grid."""
+    return extract_brain(np.asanyarray(img.dataobj), img.affine)
+
+
+def extract_brain(data, affine):
+    """Boolean brain mask of a head CT in HU (same shape as ``data``)."""
+    data = np.asarray(data)
+    affine = np.asarray(affine, float)
+    if data.ndim != 3 or min(data.shape) < 2:
+        raise InputError(
+            f"brain extraction needs a 3D CT volume, got an array of shape {data.shape}; "
+            "pass a single 3D head CT (not a scout/localizer, split 4D series first)."
+        )
+    zooms = voxel_sizes(affine) if affine.shape == (4, 4) else np.zeros(3)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0) or \
+            abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError("brain extraction needs a valid 4x4 voxel-to-world affine; "
+                         "check the qform/sform of the input CT's NIfTI header.")
+
+    hu = data.astype(np.float32)
+    if np.issubdtype(data.dtype, np.floating):
+        hu[np.isnan(hu)] = HU_MIN
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+
+    cshape = tuple(n if z >= COARSE_MM else max(3, int(round((n - 1) * z / COARSE_MM)) + 1)
+                   for n, z in zip(hu.shape, zooms))
+    step = np.array([(n - 1) / (m - 1) for n, m in zip(hu.shape, cshape)])
+    czooms = zooms * step
+    # Max-pool before sampling so thin bone keeps the skull sections closed.
+    pool = 2 * np.ceil((step - 1.1) / 2).clip(0).astype(int) + 1
+    bone = ndi.maximum_filter((hu >= BONE_HU).view(np.uint8), size=pool)
+    bone = _sample(bone.astype(np.float32), step, cshape) >= 0.5
+    hu = ndi.gaussian_filter(hu, SMOOTH_MM / zooms, mode="nearest")
+    coarse = _sample(hu, step, cshape)
+
+    closed = _erode(_dilate(bone, BONE_CLOSE_MM, czooms), BONE_CLOSE_MM, czooms) | bone
+    cranium = _fill_holes(closed, 0) | _fill_holes(closed, 1) | _fill_holes(closed, 2)
+    tissue = (coarse >= TISSUE_HU[0]) & (coarse <= TISSUE_HU[1]) & cranium & ~bone
+    core = _largest_component(_erode(tissue, OPEN_MM, czooms))
+    if not core.any():
+        raise InputError(
+            "brain extraction found no brain (no soft tissue of 0-100 HU enclosed by skull). "
+            "The input must be a non-contrast head CT in Hounsfield units covering the head."
+        )
+    brain = _dilate(core, OPEN_MM, czooms) & tissue
+    allowed = _dilate(brain, GROW_MM, czooms) & cranium
+
+    # Native grid, cropped to the coarse brain's box for speed.
+    lo_c, hi_c = (np.array(b) for b in _bbox(allowed))
+    margin = np.ceil(NATIVE_CLOSE_MM / zooms).astype(int) + 1
+    lo = np.maximum(np.floor(lo_c * step).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(hi_c * step).astype(int) + margin + 1, hu.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    near = _sample(allowed.astype(np.float32), 1 / step, tuple(hi - lo), lo / step) > 0.5
+    # Upper bound on raw HU: smoothing would push blood next to bone above it.
+    sub = near & (hu[box] >= TISSUE_HU[0]) & (data[box] <= TISSUE_HU[1])
+    sub = _largest_component(sub)
+    sub = _fill_holes(_close(sub, zooms))
+    mask = np.zeros(hu.shape, bool)
+    mask[box] = sub
+    return mask
+
+
+def _sample(array, step, shape, offset=0.0):
+    """Linear resampling at index ``offset + step * i`` along each axis.
+
+    Corner-aligned grids keep every step symmetric under axis flips.
+    """
+    with warnings.catch_warnings():  # a 1-D matrix (diagonal) takes scipy's fast path
+        warnings.simplefilter("ignore", UserWarning)
+        return ndi.affine_transform(array, np.asarray(step, float), offset=offset,
+                                    output_shape=tuple(shape), order=1, mode="nearest")
+
+
+def _erode(mask, radius, sampling):
+    return ndi.distance_transform_edt(mask, sampling=sampling) > radius
+
+
+def _dilate(mask, radius, sampling):
+    return ndi.distance_transform_edt(~mask, sampling=sampling) <= radius
+
+
+def _close(mask, zooms):
+    """Closing with a NATIVE_CLOSE_MM ball; edge padding keeps the array borders."""
+    steps = np.floor(NATIVE_CLOSE_MM / zooms + 1e-6).astype(int)
+    grids = np.ogrid[tuple(slice(-s, s + 1) for s in steps)]
+    ball = sum((g * z) ** 2 for g, z in zip(grids, zooms)) <= NATIVE_CLOSE_MM ** 2 + 1e-6
+    closed = ndi.binary_closing(np.pad(mask, [(s, s) for s in steps], mode="edge"), ball)
+    return closed[tuple(slice(s, n + s) for s, n in zip(steps, mask.shape))]
+
+
+def _largest_component(mask):
+    labels, n = ndi.label(mask)
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == np.argmax(sizes)
+
+
+def _fill_holes(mask, axis=None):
+    """Fill holes in 3D, or in each 2D section across ``axis``.
+
+    Background is what reaches the array border (of the section); the rest
+    is a hole.
+    """
+    structure = ndi.generate_binary_structure(3, 1)
+    if axis is not None:
+        structure[tuple(0 if a == axis else 1 for a in range(3))] = False
+        structure[tuple(2 if a == axis else 1 for a in range(3))] = False
+    labels, n = ndi.label(~mask, structure=structure)
+    border = np.zeros(mask.shape, bool)
+    for a in range(3):
+        if a != axis:
+            index = [slice(None)] * 3
+            index[a] = [0, -1]
+            border[tuple(index)] = True
+    keep = np.ones(n + 1, bool)
+    keep[labels[border]] = False
+    keep[0] = True  # label 0 is the mask itself
+    return keep[labels]
+
+
+def _bbox(mask):
+    """Inclusive index bounds of the True voxels."""
+    where = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
+             for a in range(3)]
+    return [w[0] for w in where], [w[-1] for w in where]

@@ -1,0 +1,121 @@
+"""Write one CT image's derivatives atomically, with JSON sidecars and provenance.
+
+All files are first written to a staging folder inside the output folder, then
+renamed into place; a failure before that leaves nothing behind, and a re-run
+replaces complete files with complete files.
+"""
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import bids as B
+from .provenance import software_versions
+
+
+def _sources(relpath):
+    return [f"bids:raw:{relpath}"]
+
+
+def plan_outputs(out_dir, relpath):
+    """Where each derivative of one source image goes."""
+    sp = B.TEMPLATE_SPACE
+    return {
+        "brain_mask": B.derivative_path(out_dir, relpath, "mask", desc="brain"),
+        "hemorrhage_mask": B.derivative_path(out_dir, relpath, "mask", desc="hemorrhage"),
+        "hemorrhage_probseg": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage"),
+        "preproc_template": B.derivative_path(out_dir, relpath, "ct", desc="preproc", space=sp),
+        "probseg_template": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage", space=sp),
+        "transform": B.derivative_path(out_dir, relpath, "xfm", extension=".mat",
+                                       **{"from": "orig", "to": sp, "mode": "image"}),
+    }
+
+
+def sidecar_path(path):
+    path = str(path)
+    for ext in (".nii.gz", ".nii", ".mat"):
+        if path.endswith(ext):
+            return Path(path[: -len(ext)] + ".json")
+    raise ValueError(path)
+
+
+def build_sidecars(config, source, results):
+    """JSON sidecar content for every output (dict keyed like :func:`plan_outputs`)."""
+    raw = _sources(source["relpath"])
+    brain = {"BrainVolume": round(results["brain_volume_ml"], 3), "BrainVolumeUnits": "mL",
+             "BrainVoxelCount": int(results.get("brain_voxel_count", 0)),
+             "BrainExtraction": config["brain_extraction"]}
+    model = config["model_spec"]
+    model_info = {"Name": model.get("id"), "Format": model.get("format"),
+                  "WeightsSHA256": model.get("sha256"), "Width": model.get("width"),
+                  "PatchSize": model.get("patch_size"), "License": model.get("license")}
+    template = {"Name": B.TEMPLATE_SPACE, "Path": config["template"], "SHA256": config["template_sha256"]}
+    provenance = {
+        "Parameters": {**{k: config[k] for k in ("brain_extraction", "mask_method", "threshold", "seed",
+                                                 "device", "mixed_precision", "kernels")},
+                       "HU_clamp": [-1024, 3071], "NetworkInputInterpolation": "nearestNeighbor",
+                       "ProbabilityInterpolation": "linear"},
+        "Model": model_info,
+        "Template": template,
+        "Device": results.get("device_plan", {}),
+        "SoftwareVersions": software_versions(),
+        "Timings": {k: round(v, 3) for k, v in results.get("timings", {}).items()},
+        "DateProcessed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    vox_ml = results["voxel_volume_ml"]
+    hemorrhage = {
+        "Sources": raw + [f"bids::{Path(plan_outputs('', source['relpath'])['hemorrhage_probseg'])}"],
+        "Type": "Hemorrhage",
+        "Description": "Intracerebral hemorrhage with any intraventricular extension (ICH + IVH)",
+        "HemorrhageVolume": round(results["hemorrhage_volume_ml"], 3),
+        "HemorrhageVolumeUnits": "mL",
+        "HemorrhageVoxelCount": int(results["hemorrhage_voxel_count"]),
+        "VoxelVolume": vox_ml, "VoxelVolumeUnits": "mL",
+        **brain,
+        "Threshold": config["threshold"],
+        "MaskMethod": config["mask_method"],
+        "Warnings": results.get("warnings", []),
+        "QC": results.get("qc", {}),
+        **provenance,
+    }
+    return {
+        "brain_mask": {"Sources": raw, "Type": "Brain", **brain, "VoxelVolume": vox_ml, **provenance},
+        "hemorrhage_mask": hemorrhage,
+        "hemorrhage_probseg": {"Sources": raw, "Type": "Hemorrhage", "Interpolation": "linear",
+                               **{k: hemorrhage[k] for k in ("HemorrhageVolume", "HemorrhageVolumeUnits")},
+                               **provenance},
+        "preproc_template": {"Sources": raw, "SkullStripped": True, "Interpolation": "nearestNeighbor",
+                             "Description": "network input: raw HU, 0 outside the brain, template grid",
+                             "RegistrationSimilarity": results.get("similarity"), **provenance},
+        "probseg_template": {"Sources": raw, "Type": "Hemorrhage", **provenance},
+        "transform": {"Sources": raw, "FromSpace": "orig", "ToSpace": B.TEMPLATE_SPACE, "Type": "rigid",
+                      "Software": "ANTs (antspyx)", "RegistrationSimilarity": results.get("similarity"),
+                      **provenance},
+    }
+
+
+def write_outputs(config, source, files, results):
+    """Stage every file and sidecar, then rename them into place. Returns the final paths."""
+    out_dir = Path(config["output_dir"])
+    targets = plan_outputs(out_dir, source["relpath"])
+    sidecars = build_sidecars(config, source, results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".deepbleed-staging-", dir=out_dir))
+    moves = []
+    try:
+        for key, target in targets.items():
+            staged = staging / target.name
+            shutil.copyfile(files[key], staged)
+            staged_json = staging / sidecar_path(target).name
+            staged_json.write_text(json.dumps(sidecars[key], indent=2, default=str) + "\n")
+            moves += [(staged, target), (staged_json, sidecar_path(target))]
+        # the hemorrhage mask's sidecar (the volumes) lands last: if it exists, all do
+        moves.sort(key=lambda m: m[1] == sidecar_path(targets["hemorrhage_mask"]))
+        for staged, target in moves:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [str(t) for _, t in moves]

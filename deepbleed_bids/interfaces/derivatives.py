@@ -1,0 +1,55 @@
+"""Nipype interface: write one image's derivatives atomically (see deepbleed_bids.derivatives)."""
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+
+class _WriteInputSpec(BaseInterfaceInputSpec):
+    config = traits.Dict(mandatory=True)
+    source = traits.Dict(mandatory=True, desc="the source image: path, relpath, entities, metadata")
+    brain_mask = File(exists=True, mandatory=True)
+    hemorrhage_mask = File(exists=True, mandatory=True)
+    hemorrhage_probseg = File(exists=True, mandatory=True)
+    preproc_template = File(exists=True, mandatory=True)
+    probseg_template = File(exists=True, mandatory=True)
+    transform = File(exists=True, mandatory=True)
+    hemorrhage_volume_ml = traits.Float(mandatory=True)
+    hemorrhage_voxel_count = traits.Int(mandatory=True)
+    brain_volume_ml = traits.Float(mandatory=True)
+    similarity = traits.Float()
+    device_plan = traits.Dict()
+    timings = traits.Dict()
+    warnings = traits.List()
+
+
+class _WriteOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True))
+
+
+class WriteDerivatives(SimpleInterface):
+    input_spec = _WriteInputSpec
+    output_spec = _WriteOutputSpec
+    always_run = True  # outputs may have been moved or deleted since the last run
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ..derivatives import write_outputs
+        from ..nifti import voxel_volume_ml
+
+        keys = ("brain_mask", "hemorrhage_mask", "hemorrhage_probseg", "preproc_template",
+                "probseg_template", "transform")
+        files = {k: getattr(self.inputs, k) for k in keys}
+        brain = nib.load(files["brain_mask"])
+        results = {
+            "hemorrhage_volume_ml": self.inputs.hemorrhage_volume_ml,
+            "hemorrhage_voxel_count": self.inputs.hemorrhage_voxel_count,
+            "brain_volume_ml": self.inputs.brain_volume_ml,
+            "brain_voxel_count": int(np.count_nonzero(np.asanyarray(brain.dataobj))),
+            "voxel_volume_ml": voxel_volume_ml(brain),
+            "similarity": self.inputs.similarity if self.inputs.similarity else None,
+            "device_plan": self.inputs.device_plan,
+            "timings": self.inputs.timings,
+            "warnings": list(self.inputs.warnings),
+        }
+        self._results["out_files"] = write_outputs(self.inputs.config, self.inputs.source, files, results)
+        return runtime

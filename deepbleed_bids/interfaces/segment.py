@@ -1,0 +1,52 @@
+"""Nipype interface: the VNet forward pass on the template grid."""
+import time
+
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+
+class _SegmentInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="CT on the template grid (raw HU, 0 outside brain)")
+    model_spec = traits.Dict(mandatory=True, desc="resolved model (deepbleed_bids.model.zoo.ModelSpec)")
+    device = traits.Enum("auto", "cpu", "gpu", usedefault=True)
+    mixed_precision = traits.Bool(False, usedefault=True)
+    num_threads = traits.Int(1, usedefault=True)
+
+
+class _SegmentOutputSpec(TraitedSpec):
+    out_probseg = File(exists=True, desc="hemorrhage probability on the template grid")
+    device_plan = traits.Dict()
+    elapsed = traits.Float()
+    forward_s = traits.Float(desc="time of the forward pass alone")
+
+
+class VNetSegment(SimpleInterface):
+    """Run the (published or project) VNet; the sigmoid output marks ICH + IVH."""
+
+    input_spec = _SegmentInputSpec
+    output_spec = _SegmentOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ..model.device import configure
+        from ..model.predict import predict_volume
+        from ..model.zoo import ModelSpec, load_model
+        from ..nifti import like
+        from ..utils import out_path
+
+        start = time.perf_counter()
+        plan = configure(self.inputs.device, self.inputs.mixed_precision, self.inputs.num_threads)
+        spec = ModelSpec(**self.inputs.model_spec)
+        img = nib.load(self.inputs.in_file)
+        volume = np.asanyarray(img.dataobj).astype(np.float32)
+        patch = spec.patch_size or 0
+        model = load_model(spec, input_shape=(*((patch,) * 3 if patch else volume.shape), 1))
+        t0 = time.perf_counter()
+        prob = predict_volume(model, volume, patch_size=patch, device=plan["device"])
+        forward = time.perf_counter() - t0
+        out = out_path(runtime.cwd, self.inputs.in_file, "probseg")
+        nib.save(like(prob, img, dtype=np.float32), out)
+        self._results.update(out_probseg=out, device_plan=plan, forward_s=forward,
+                             elapsed=time.perf_counter() - start)
+        return runtime

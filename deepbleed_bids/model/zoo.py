@@ -1,0 +1,104 @@
+"""Which weights ``--model NAME|PATH`` means, and building the network for them."""
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import assets
+from ..errors import ModelError
+from . import weights as W
+from .vnet import PUBLISHED_WIDTH, build_vnet
+
+DEFAULT_MODEL = "deepbleed-mistie2"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+ALIASES = {"deepbleed": DEFAULT_MODEL, "published": DEFAULT_MODEL, "mistie2": DEFAULT_MODEL}
+
+
+@dataclass
+class ModelSpec:
+    id: str
+    format: str  # "tf-checkpoint" | "keras-h5"
+    path: str  # checkpoint prefix or .weights.h5 file
+    sha256: str
+    width: int = PUBLISHED_WIDTH
+    kernel_size: int = 5
+    patch_size: int = 0  # 0: the whole 128^3 volume at once
+    license: str = ""
+    description: str = ""
+    card: dict = field(default_factory=dict)
+
+    def provenance(self):
+        """Everything but the model card: enough to rebuild the spec (``ModelSpec(**p)``)."""
+        out = asdict(self)
+        out.pop("card")
+        return out
+
+
+def bundled_models():
+    return sorted(p.name[: -len(".weights.h5")] for p in BUNDLED_DIR.glob("*.weights.h5"))
+
+
+def _extract_cached(zip_path, sha):
+    dest = assets.home() / "models" / "extracted" / sha[:16]
+    prefix = dest / "weights"
+    if Path(str(prefix) + ".index").is_file():
+        return str(prefix)
+    try:
+        return W.extract_zip(zip_path, dest)
+    except OSError:  # read-only cache: unpack somewhere private instead
+        return W.extract_zip(zip_path, tempfile.mkdtemp(prefix="deepbleed-weights-"))
+
+
+def _h5_spec(path, model_id=None, card=None):
+    path = Path(path)
+    card_path = path.with_name(path.name[: -len(".weights.h5")] + ".json")
+    if card is None and card_path.is_file():
+        card = json.loads(card_path.read_text())
+    card = card or {}
+    width, kernel = W.h5_width(path)
+    return ModelSpec(
+        id=model_id or card.get("id") or path.name[: -len(".weights.h5")], format="keras-h5",
+        path=str(path), sha256=W.sha256_file(path), width=width, kernel_size=kernel,
+        patch_size=int(card.get("patch_size", 0) or 0), license=card.get("license", ""),
+        description=card.get("description", ""), card=card,
+    )
+
+
+def resolve_model(name_or_path=None):
+    """A :class:`ModelSpec` for a bundled/published model name or a local path."""
+    name = ALIASES.get(name_or_path or DEFAULT_MODEL, name_or_path or DEFAULT_MODEL)
+    if name == DEFAULT_MODEL:
+        zip_path = assets.fetch_published_weights()
+        sha = W.sha256_file(zip_path)
+        return ModelSpec(id=DEFAULT_MODEL, format="tf-checkpoint", path=_extract_cached(zip_path, sha),
+                         sha256=sha, license=assets.PUBLISHED_WEIGHTS["license"],
+                         description="DeepBleed VNet trained on 112 MISTIE II scans (Sharrock et al. 2020)")
+    if name in bundled_models():
+        return _h5_spec(BUNDLED_DIR / f"{name}.weights.h5", model_id=name)
+    path = Path(name).expanduser().absolute()
+    if not path.exists() and not Path(str(path) + ".index").exists():
+        known = ", ".join([DEFAULT_MODEL, *bundled_models()])
+        raise ModelError(f"--model {name_or_path}: neither a known model ({known}) nor an existing path.")
+    if path.is_file() and path.name.endswith(".weights.h5"):
+        return _h5_spec(path)
+    if path.is_file() and path.suffix == ".zip":
+        sha = W.sha256_file(path)
+        return ModelSpec(id=path.stem, format="tf-checkpoint", path=_extract_cached(path, sha), sha256=sha)
+    prefix, _ = W.find_checkpoint_prefix(path)
+    base = os.path.basename(prefix)
+    return ModelSpec(id=Path(prefix).parent.name if base in ("", "weights") else base,
+                     format="tf-checkpoint", path=prefix, sha256=W.weights_sha256(W.checkpoint_files(prefix)))
+
+
+def load_model(spec, input_shape=(None, None, None, 1)):
+    """Build the VNet for ``spec`` and load its weights."""
+    model = build_vnet(width=spec.width, kernel_size=spec.kernel_size, input_shape=input_shape)
+    if spec.format == "tf-checkpoint":
+        W.load_checkpoint(model, spec.path)
+    else:
+        try:
+            model.load_weights(spec.path)
+        except Exception as err:  # noqa: BLE001
+            raise ModelError(f"cannot load {spec.path} into a VNet of width {spec.width}: {err}") from err
+    return model

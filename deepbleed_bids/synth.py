@@ -1,0 +1,585 @@
+"""Synthetic intracerebral hematomas of known volume, inserted into a real head CT.
+
+No head CT with an expert hemorrhage mask is available, so tests, benchmarks and
+the demo-network training set insert synthetic hematomas into real heads.
+
+Shape: a lobulated body (union of 1-4 ellipsoids radiating from the centre) whose
+boundary is perturbed by a smooth random field, all defined in world millimetres,
+so a lesion looks the same whatever the voxel size or orientation.  The lesion is
+the sublevel set ``{f <= t}`` of one fixed function ``f`` (the shape's gauge
+times the perturbation; infinite outside the brain mask), restricted to the
+connected component holding the centre.  ``t`` is found so the voxel count matches
+the requested volume.  One ``f`` thresholded at several levels gives nested
+lesions: that is how growth and post-surgical residuals of one hematoma are made.
+
+Placement (coarse ~2 mm maps of the brain mask and image): "deep" near the
+brain's centroid beside the lateral ventricles (basal ganglia/thalamus),
+"lobar" 10-25 mm deep in the periphery, "superficial" centred inside the radius
+where bone lies just beyond the brain border (touches the inner table),
+"ventricle" in the parenchyma next to the ventricles (the 0-15 HU region deep
+in the brain mask), where ``f`` is multiplied by 0.6 so blood spreads along
+them.  Intensity: a mean of 55-80 HU plus texture correlated over 0.5-4 mm,
+clipped to 40-90 HU; partial-volume blending just outside the truth mask;
+optional hypodense edema rim.  Training helpers: rigid pose by affine only,
+noise, and ``random_case``.
+
+Pure numpy/scipy/nibabel: no nipype here.
+"""
+import numpy as np
+import nibabel as nib
+from scipy import ndimage as ndi
+from scipy.spatial.transform import Rotation
+
+LOCATIONS = ("deep", "lobar", "superficial", "ventricle")
+# Mix for location="random": deep (basal ganglia/thalamus) is the commonest ICH.
+LOCATION_P = {"deep": 0.35, "lobar": 0.30, "superficial": 0.15, "ventricle": 0.20}
+
+BONE_HU = 300.0
+VENTRICLE_HU = (0.0, 15.0)
+PADDING_HU = -1000.0  # below this a voxel is outside the field of view
+
+_VENT_COST = 0.6  # inside ventricles blood reaches 1/0.6 = 1.7x farther
+_PERTURB = 0.22  # log-amplitude of the boundary perturbation (relative)
+_PERTURB_MM = 5.0  # its correlation scale
+_GRID_MM = 2.0  # spacing of the world grid holding the perturbation
+_GRID_N = 96  # that grid spans +-96 mm around the centre
+_COARSE_MM = 2.0  # resolution of the placement maps
+
+
+def _rng(rng):
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _voxel_ml(affine):
+    return abs(np.linalg.det(np.asarray(affine, float)[:3, :3])) / 1000.0
+
+
+def _to_world(affine, ijk):
+    return np.asarray(ijk, float) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _to_voxel(affine, xyz):
+    inv = np.linalg.inv(affine)
+    return np.asarray(xyz, float) @ inv[:3, :3].T + inv[:3, 3]
+
+
+# ---------------------------------------------------------------- shape
+
+
+class _Shape:
+    """A random lobulated shape around the origin, in millimetres (unit size)."""
+
+    def __init__(self, seed):
+        rng = np.random.default_rng(seed)
+        self.lobes = []  # (A, A @ centre): inside when |A (p - c)| <= 1
+        main = Rotation.random(random_state=rng).as_matrix()
+        axes = np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.45, 0.85)])
+        self.lobes.append((np.diag(1 / axes) @ main.T, np.zeros(3)))
+        radius = axes.max()
+        for _ in range(rng.integers(0, 4)):
+            # A prolate lobe along a random direction; it contains the origin,
+            # so the union stays star-shaped and its gauge is well defined.
+            d = rng.normal(size=3)
+            d /= np.linalg.norm(d)
+            rho = rng.uniform(0.25, 0.5)
+            long_axis = rho + rng.uniform(0.3, 0.5)
+            short = rng.uniform(0.4, 0.65, 2)
+            frame = np.linalg.qr(np.column_stack([d, rng.normal(size=(3, 2))]))[0]
+            frame[:, 0] = d
+            a = np.diag(1 / np.array([long_axis, *short])) @ frame.T
+            c = rho * d
+            self.lobes.append((a, a @ c))
+            radius = max(radius, rho + long_axis)
+        self.radius = radius  # the shape lies inside this ball
+        # Perturbation field on a world-axis grid centred on the lesion.
+        field = ndi.gaussian_filter(
+            rng.standard_normal((_GRID_N,) * 3), _PERTURB_MM / _GRID_MM, mode="wrap")
+        field /= field.std()
+        self.field = field.astype(np.float32)
+        # Volume of the unit shape (no perturbation), from a fixed point set.
+        pts = np.random.default_rng(0).uniform(-radius, radius, size=(3, 20000))
+        self.volume = (self.gauge(pts.astype(np.float32)) <= 1).mean() * (2 * radius) ** 3
+
+    def gauge(self, p):
+        """Smallest t with p (3 x n, mm) inside t * shape: the Minkowski gauge of the union."""
+        out = np.full(p.shape[1], np.inf, np.float32)
+        for a, ac in self.lobes:
+            # Solve |A p / t - A c| = 1 for t > 0 (one root: the origin is inside).
+            u = [float(a[r, 0]) * p[0] + float(a[r, 1]) * p[1] + float(a[r, 2]) * p[2]
+                 for r in range(3)]
+            b = float(ac[0]) * u[0] + float(ac[1]) * u[1] + float(ac[2]) * u[2]
+            q = 1.0 - float(ac @ ac)
+            t = (np.sqrt(b * b + (u[0] * u[0] + u[1] * u[1] + u[2] * u[2]) * q) - b) / q
+            np.minimum(out, t, out=out)
+        return out
+
+    def level(self, p):
+        """The function whose sublevel sets are the lesion: gauge x perturbation."""
+        g = p / np.float32(_GRID_MM) + np.float32(_GRID_N / 2 - 0.5)
+        n = ndi.map_coordinates(self.field, g, order=1, mode="nearest")
+        return self.gauge(p) * np.exp(np.float32(_PERTURB) * n)
+
+
+# ---------------------------------------------------------------- placement maps
+
+
+def _coarse_grid(shape, affine):
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    step = np.maximum(1, np.round(_COARSE_MM / zooms)).astype(int)
+    start = step // 2
+    caff = affine @ np.vstack([np.column_stack([np.diag(step), start]), [0, 0, 0, 1]])
+    sl = tuple(slice(s0, None, s) for s0, s in zip(start, step))
+    return sl, step, caff, zooms * step
+
+
+class _Maps:
+    """Coarse (~2 mm) maps used to place lesions: depth, bone, ventricles."""
+
+    def __init__(self, brain, affine, image=None):
+        self.sl, self.step, self.affine, self.zooms = _coarse_grid(brain.shape, affine)
+        self.brain = brain[self.sl]
+        self.depth = ndi.distance_transform_edt(self.brain, sampling=self.zooms)
+        self.centroid = _to_world(self.affine, np.argwhere(self.brain).mean(0))
+        idx = np.indices(self.brain.shape, sparse=True)
+        a = self.affine
+        # World offsets from the brain's centroid, broadcast over the grid.
+        off = [a[r, 3] - self.centroid[r] + sum(a[r, c] * idx[c] for c in range(3))
+               for r in range(3)]
+        self.dist_c = np.sqrt(off[0] ** 2 + off[1] ** 2 + off[2] ** 2)
+        self.dist_xy = np.sqrt(off[0] ** 2 + off[1] ** 2)  # within the axial plane
+        self.dz = off[2]
+        self.bone_dist = self.vent = self.vent_dist = None
+        if image is None:
+            return
+        hu = ndi.uniform_filter(np.asarray(image, np.float32), size=self.step)[self.sl]
+        self.bone_dist = ndi.distance_transform_edt(hu < BONE_HU, sampling=self.zooms)
+        # 2 mm block means are quiet enough for a tight CSF window: 0-10 HU
+        # keeps the ventricles and drops hypodense white matter.
+        csf = self.brain & (hu >= VENTRICLE_HU[0]) & (hu <= 10.0) & (self.depth >= 15)
+        lab, _ = ndi.label(csf)
+        sizes = np.bincount(lab.ravel()) * np.prod(self.zooms) / 1000.0
+        keep = np.flatnonzero(sizes >= 0.5)
+        self.vent = np.isin(lab, keep[keep > 0])
+        if self.vent.any():
+            self.vent_dist = ndi.distance_transform_edt(~self.vent, sampling=self.zooms)
+
+    def candidates(self, location, radius_mm):
+        """Coarse voxels where a lesion of this equivalent radius may be centred."""
+        b, depth, dist_c = self.brain, self.depth, self.dist_c
+        away = self.vent_dist >= 4 if self.vent_dist is not None else True
+        if location == "deep":
+            # Basal ganglia/thalamus: central, at or a little below the brain's
+            # centroid (world z is taken as superior, as in any head CT).
+            ok = b & (self.dist_xy <= 30) & (self.dz >= -18) & (self.dz <= 6) & (depth >= 20) & away
+            if self.vent_dist is not None:  # they border the lateral ventricles
+                ok &= self.vent_dist <= 20
+        elif location == "lobar":
+            ok = b & (depth >= 10) & (depth <= 25) & (dist_c >= 35) & away
+        elif location == "superficial":
+            # Centre inside the radius, where the nearest brain border is the
+            # inner table (bone just beyond it), not the skull base openings.
+            target = np.clip(radius_mm * 0.45, 2.0, 20.0)
+            ok = b & (np.abs(depth - target) <= max(1.5, self.zooms.max()))
+            if self.bone_dist is not None and ok.any():
+                gap = self.bone_dist - depth
+                ok &= gap <= gap[ok].min() + 2.0
+        elif location == "ventricle":
+            if self.vent_dist is None:
+                raise ValueError("location='ventricle' needs the image (no ventricles found)")
+            # Parenchymal centre close enough that the bleed breaks into a ventricle.
+            vd = self.vent_dist
+            near = (vd >= 0.25 * radius_mm + 1) & (vd <= 0.6 * radius_mm + 2)
+            ok = b & ~self.vent & near & (depth >= 12)
+        else:
+            raise ValueError(f"unknown location {location!r}; use one of {LOCATIONS} or 'random'")
+        return np.argwhere(ok)
+
+
+def _place(maps, brain, affine, location, radius_mm, rng, avoid_mm=None):
+    """Draw a centre (world mm) for a lesion at this location."""
+    cand = maps.candidates(location, radius_mm)
+    if len(cand) == 0:
+        raise ValueError(f"no room for a {location} lesion in this brain mask")
+    for _ in range(50):
+        cijk = cand[rng.integers(len(cand))] + rng.uniform(-0.5, 0.5, 3)
+        xyz = _to_world(maps.affine, cijk)
+        vox = np.rint(_to_voxel(affine, xyz)).astype(int)
+        if np.any(vox < 0) or np.any(vox >= brain.shape) or not brain[tuple(vox)]:
+            continue
+        if avoid_mm is not None and any(np.linalg.norm(xyz - c) < d for c, d in avoid_mm):
+            continue
+        return xyz
+    raise ValueError(f"could not place a {location} lesion")
+
+
+def _pick_location(location, rng, have_image):
+    if location != "random":
+        return location
+    names = [n for n in LOCATIONS if have_image or n != "ventricle"]
+    p = np.array([LOCATION_P[n] for n in names])
+    return names[rng.choice(len(names), p=p / p.sum())]
+
+
+# ---------------------------------------------------------------- the mask
+
+
+def _ventricles_in_box(image, affine, maps, box):
+    """Full-resolution ventricles in a box: smoothed HU in 0-15 next to the coarse ventricles."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    sigma = 0.8 / zooms
+    # Smooth a padded box so the result never depends on the box size.
+    pad = np.ceil(4 * sigma).astype(int) + 1
+    lo = [max(b.start - p, 0) for b, p in zip(box, pad)]
+    hi = [min(b.stop + p, n) for b, p, n in zip(box, pad, image.shape)]
+    hu = ndi.gaussian_filter(np.asarray(image[tuple(map(slice, lo, hi))], np.float32), sigma)
+    hu = hu[tuple(slice(b.start - a, b.stop - a) for b, a in zip(box, lo))]
+    near = ndi.binary_dilation(maps.vent, iterations=1)
+    idx = np.indices(hu.shape, sparse=True)
+    ci = [np.clip((ix + b.start) // s, 0, n - 1)
+          for ix, b, s, n in zip(idx, box, maps.step, maps.vent.shape)]
+    return near[ci[0], ci[1], ci[2]] & (hu >= VENTRICLE_HU[0]) & (hu <= VENTRICLE_HU[1])
+
+
+def _level_in_box(shape, brain, affine, center, half_mm, vent=None):
+    """f on a box holding the ball of half_mm around the centre (inf outside the brain)."""
+    inv = np.linalg.inv(affine)
+    c_vox = _to_voxel(affine, center)
+    half = half_mm * np.linalg.norm(inv[:3, :3], axis=1)  # voxels per axis for a ball
+    lo = np.maximum(np.floor(c_vox - half).astype(int), 0)
+    hi = np.minimum(np.ceil(c_vox + half).astype(int) + 1, brain.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    inside = brain[box]
+    ijk = np.nonzero(inside)
+    # World offsets from the centre, row by row (cheaper than an n x 3 matmul).
+    p = np.empty((3, len(ijk[0])), np.float32)
+    for r in range(3):
+        p[r] = float(affine[r, 3] - center[r])
+        for c in range(3):
+            p[r] += np.float32(affine[r, c]) * (ijk[c] + lo[c]).astype(np.float32)
+    f = np.full(inside.shape, np.inf, np.float32)
+    f[inside] = shape.level(p)
+    if vent is not None:
+        f[vent(box)] *= _VENT_COST
+    # Faces of the box inside the image: a lesion touching them may be cut.
+    inner = [(lo[i] > 0, hi[i] < brain.shape[i]) for i in range(3)]
+    return f, box, inner
+
+
+def _touches(comp, inner):
+    for axis, (low, high) in enumerate(inner):
+        face = np.moveaxis(comp, axis, 0)
+        if (low and face[0].any()) or (high and face[-1].any()):
+            return True
+    return False
+
+
+def _select(f, seed_vox, n_target):
+    """Connected sublevel set of f around seed_vox with a voxel count closest to n_target."""
+    finite = np.sort(f[np.isfinite(f)])
+    if len(finite) == 0:
+        return np.zeros(f.shape, bool), np.inf
+
+    def grow(rank):
+        t = finite[rank - 1]
+        lab, _ = ndi.label(f <= t)
+        comp = lab == lab[seed_vox]
+        return comp, int(comp.sum()), t
+
+    # Bisect on the rank of the threshold; count(rank) is non-decreasing but may
+    # jump (an island joins, or float ties), so stop at adjacent ranks.
+    under, over = (0, np.zeros(f.shape, bool), 0, -np.inf), None
+    rank = min(n_target, len(finite))
+    for _ in range(60):
+        comp, count, t = grow(rank)
+        if count == n_target:
+            return comp, t
+        if count < n_target:
+            under = (rank, comp, count, t)
+            if rank == len(finite):
+                break
+            if over is None:
+                rank = min(rank + n_target - count, len(finite))
+            else:
+                rank = (rank + over[0]) // 2
+        else:
+            over = (rank, comp, count, t)
+            rank = (under[0] + rank) // 2
+        if over is not None and over[0] - under[0] <= 1:
+            break
+    best = min([x for x in (under, over) if x is not None], key=lambda x: abs(x[2] - n_target))
+    return best[1], best[3]
+
+
+def _grow(brain, affine, volume_ml, location, center, shape_seed, image, maps):
+    """The mask of one lesion whose centre and shape are fixed."""
+    seed_vox = tuple(np.rint(_to_voxel(affine, center)).astype(int))
+    if np.any(np.array(seed_vox) < 0) or np.any(np.array(seed_vox) >= brain.shape) \
+            or not brain[seed_vox]:
+        raise ValueError(f"center_mm {center.tolist()} is outside the brain mask")
+    shape = _Shape(shape_seed)
+    vent = None
+    if location == "ventricle":
+        if maps is None:
+            maps = _Maps(brain, affine, image)
+        if maps.vent_dist is None:
+            raise ValueError("location='ventricle' needs the image (no ventricles found)")
+        cache = {}
+
+        def vent(box):
+            key = tuple((b.start, b.stop) for b in box)
+            if key not in cache:
+                cache.clear()
+                cache[key] = _ventricles_in_box(image, affine, maps, box)
+            return cache[key]
+
+    n_target = max(1, int(round(volume_ml / _voxel_ml(affine))))
+    # Box for the shape scaled to the volume, with room for clipping by the brain.
+    t_guess = 1.3 * (volume_ml * 1000 / shape.volume) ** (1 / 3)
+    half = t_guess * shape.radius * (1.0 if vent is None else 1.0 / _VENT_COST)
+    while True:
+        f, box, inner = _level_in_box(shape, brain, affine, center, half, vent)
+        local_seed = tuple(s - b.start for s, b in zip(seed_vox, box))
+        comp, t = _select(f, local_seed, n_target)
+        # A component clear of the box's inner faces is the same as on the whole
+        # image, so the box size never changes the answer.
+        if not _touches(comp, inner):
+            break
+        half *= 1.5
+    mask = np.zeros(brain.shape, bool)
+    mask[box] = comp
+    info = {
+        "requested_ml": float(volume_ml),
+        "volume_ml": float(comp.sum() * _voxel_ml(affine)),
+        "center_mm": [float(x) for x in center],
+        "location": location,
+        "shape_seed": int(shape_seed),
+        "level": float(t),
+    }
+    if vent is not None:
+        info["ventricle_ml"] = float((comp & vent(box)).sum() * _voxel_ml(affine))
+    return mask, info
+
+
+def _radius(volume_ml):
+    """Radius (mm) of the ball of this volume."""
+    return (3 * volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
+
+
+def _setup(brain_mask, affine, volume_ml, rng, location, center_mm, shape_seed, image):
+    rng = _rng(rng)
+    brain = np.asarray(brain_mask, bool)
+    affine = np.asarray(affine, float)
+    location = _pick_location(location, rng, image is not None)
+    if location not in LOCATIONS:
+        raise ValueError(f"unknown location {location!r}; use one of {LOCATIONS} or 'random'")
+    if shape_seed is None:
+        shape_seed = int(rng.integers(2**31))
+    maps = None
+    if center_mm is None or location == "ventricle":
+        maps = _Maps(brain, affine, image)
+    if center_mm is None:
+        center_mm = _place(maps, brain, affine, location, _radius(volume_ml), rng)
+    return brain, affine, location, np.asarray(center_mm, float), shape_seed, maps
+
+
+def hematoma_mask(brain_mask, affine, volume_ml, rng=None, location="random",
+                  center_mm=None, shape_seed=None, image=None):
+    """Binary mask of a synthetic hematoma of the requested volume inside brain_mask.
+
+    brain_mask: 3-D bool array; affine: its voxel-to-world (mm) matrix.
+    location: "deep" (basal ganglia/thalamus), "lobar", "superficial" (touching
+    the inner table), "ventricle" (breaks into the ventricles: needs ``image``),
+    or "random" (LOCATION_P).  center_mm: world centre, else drawn for the
+    location; shape_seed: the shape, else drawn from rng.  The same centre,
+    shape_seed and location at several volumes give nested masks.  image: HU
+    array on the same grid, to find bone and ventricles.
+    Returns (mask, info); info["volume_ml"] is the achieved volume.
+    """
+    brain, affine, location, center, shape_seed, maps = _setup(
+        brain_mask, affine, volume_ml, rng, location, center_mm, shape_seed, image)
+    return _grow(brain, affine, volume_ml, location, center, shape_seed, image, maps)
+
+
+def hematoma_series(brain_mask, affine, volumes_ml, rng=None, location="random",
+                    center_mm=None, shape_seed=None, image=None):
+    """Nested hematomas at one place, one per volume (growth, or residual after surgery).
+
+    A larger volume's mask always contains a smaller one's.  The centre is placed
+    for the largest volume.  Returns a list of (mask, info) in the order given.
+    """
+    brain, affine, location, center, shape_seed, maps = _setup(
+        brain_mask, affine, max(volumes_ml), rng, location, center_mm, shape_seed, image)
+    return [_grow(brain, affine, v, location, center, shape_seed, image, maps)
+            for v in volumes_ml]
+
+
+# ---------------------------------------------------------------- intensities
+
+
+def _smooth_noise(shape, zooms, sigma_mm, rng):
+    """Unit-SD Gaussian noise correlated over sigma_mm (isotropic in world space)."""
+    n = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32),
+                            sigma_mm / np.asarray(zooms))
+    return n / max(float(n.std()), 1e-6)
+
+
+def _bbox(mask, pad):
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
+def _paint(data, brain, mask, affine, rng, hu_range=(40, 90), mean_hu=None,
+           texture_sd=6.0, edema_mm=0.0, edema_hu=20.0):
+    """Write a textured hematoma (and optional edema rim) into data (float32) in place."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    if mean_hu is None:
+        mean_hu = rng.uniform(55, 80)
+    pad = np.ceil((max(edema_mm, 0.0) * 1.5 + 3.0) / zooms).astype(int)
+    box = _bbox(mask, pad)
+    m, b, orig = mask[box], brain[box], data[box]
+    # Texture: fine grain (~scanner noise) + clot heterogeneity over a few mm.
+    tex = (0.55 * _smooth_noise(m.shape, zooms, 0.5, rng)
+           + 0.65 * _smooth_noise(m.shape, zooms, 1.5, rng)
+           + 0.5 * _smooth_noise(m.shape, zooms, 4.0, rng))
+    tex /= tex.std()
+    blood = np.clip(mean_hu + texture_sd * tex, *hu_range)
+    out = orig.copy()
+    if edema_mm > 0:
+        dist = ndi.distance_transform_edt(~m, sampling=zooms)
+        # Uneven width, capped so the rim stays inside the padded box.
+        thick = edema_mm * np.minimum(np.exp(0.3 * _smooth_noise(m.shape, zooms, 4.0, rng)), 1.5)
+        tissue = ((orig > 10) & (orig < 55)).astype(np.float32)
+        # Full strength over the inner half of the rim, fading over the outer half;
+        # only parenchyma (not CSF, bone or other blood) turns oedematous.
+        taper = np.clip(2.0 * (1.0 - dist / thick), 0.0, 1.0) * (~m & b & (tissue > 0))
+        # Shift the local parenchymal mean (not each voxel) so the scanner's noise stays.
+        local = ndi.gaussian_filter(orig * tissue, 1.5 / zooms) / np.maximum(
+            ndi.gaussian_filter(tissue, 1.5 / zooms), 1e-3)
+        out -= taper * np.clip(local - edema_hu, 0.0, None)
+    # Partial volume just outside the mask: the mask holds voxels that are >= half blood.
+    w = ndi.gaussian_filter(m.astype(np.float32), 0.5 / zooms)
+    edge = ~m & b & (w > 0.02)
+    out[edge] += w[edge] * (blood[edge] - out[edge])
+    out[m] = blood[m]
+    data[box] = out
+    return float(mean_hu)
+
+
+def _as_float(img):
+    return np.asarray(img.dataobj, dtype=np.float32)
+
+
+def _like(img, data):
+    """A new image with img's affine and header; integer input stays integer."""
+    dtype = np.asanyarray(img.dataobj[:1, :1, :1]).dtype
+    if np.issubdtype(dtype, np.integer):
+        lim = np.iinfo(dtype)
+        data = np.clip(np.rint(data), lim.min, lim.max).astype(dtype)
+    return nib.Nifti1Image(data, img.affine, img.header.copy())
+
+
+def insert_hematoma(img, brain_mask, volume_ml, rng=None, location="random", center_mm=None,
+                    shape_seed=None, hu_range=(40, 90), mean_hu=None, texture_sd=6.0,
+                    edema_mm=0.0, edema_hu=20.0):
+    """Insert a synthetic hematoma into a head CT (HU).  The input is not modified.
+
+    Returns (new image with the same affine/header and dtype, truth mask (bool,
+    native grid), info).  mean_hu defaults to a draw from 55-80 HU; texture_sd is
+    the SD of the spatially correlated texture; values are clipped to hu_range.
+    edema_mm > 0 adds a hypodense rim (towards edema_hu) of about that width.
+    """
+    rng = _rng(rng)
+    data = _as_float(img)
+    mask, info = hematoma_mask(brain_mask, img.affine, volume_ml, rng, location,
+                               center_mm, shape_seed, image=data)
+    info["mean_hu"] = _paint(data, np.asarray(brain_mask, bool), mask, img.affine, rng,
+                             hu_range, mean_hu, texture_sd, edema_mm, edema_hu)
+    return _like(img, data), mask, info
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def random_pose(img, rng, max_rotation_deg=10, max_shift_mm=10):
+    """Rigidly move the image in world space by changing only its affine (no resampling).
+
+    Rotation about the image centre: random axis, angle up to max_rotation_deg;
+    shift up to max_shift_mm per axis.  Voxel data are shared, untouched.
+    """
+    rng = _rng(rng)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    rot = Rotation.from_rotvec(axis * np.deg2rad(rng.uniform(0, max_rotation_deg))).as_matrix()
+    centre = _to_world(img.affine, (np.array(img.shape[:3]) - 1) / 2)
+    move = np.eye(4)
+    move[:3, :3] = rot
+    move[:3, 3] = centre + rng.uniform(-max_shift_mm, max_shift_mm, 3) - rot @ centre
+    return nib.Nifti1Image(img.dataobj, move @ img.affine, img.header.copy())
+
+
+def add_noise(img, rng, sd_hu=2.0, offset_hu=0.0):
+    """Add Gaussian noise (and a constant calibration offset) to voxels in the field of view."""
+    rng = _rng(rng)
+    data = _as_float(img)
+    fov = data > PADDING_HU
+    data[fov] += offset_hu + sd_hu * rng.standard_normal(int(fov.sum()), dtype=np.float32)
+    return _like(img, data)
+
+
+def random_case(img, brain_mask, rng, volume_range_ml=(1.0, 150.0), p_empty=0.1, p_two=0.15,
+                pose=True, max_noise_hu=3.0, max_offset_hu=3.0):
+    """One training example: (image, truth mask, info), fully determined by rng.
+
+    Lesion count: none with p_empty (teaches the network that normal heads exist),
+    two with p_two (multiple bleeds occur), else one.  Each volume is log-uniform
+    over volume_range_ml; location from LOCATION_P; mean 55-80 HU, texture SD
+    4-8 HU; a mild edema rim (1-4 mm) half of the time.  Then whole-image noise
+    (SD up to max_noise_hu), a calibration offset, and a random rigid pose
+    (affine only; the mask stays on the same voxel grid).  For speed pass an
+    image already in memory, not a lazily loaded compressed file.
+    """
+    rng = _rng(rng)
+    brain = np.asarray(brain_mask, bool)
+    data = _as_float(img)
+    hu = data.copy()  # placement looks at the original anatomy
+    u = rng.uniform()
+    n_lesions = 0 if u < p_empty else (2 if u < p_empty + p_two else 1)
+    truth = np.zeros(brain.shape, bool)
+    lesions = []
+    avoid = []
+    for _ in range(n_lesions):
+        vol = float(np.exp(rng.uniform(*np.log(volume_range_ml))))
+        location = _pick_location("random", rng, True)
+        radius = _radius(vol)
+        allowed = brain & ~truth
+        maps = _Maps(allowed, img.affine, hu)
+        try:
+            center = _place(maps, allowed, img.affine, location, radius, rng,
+                            avoid_mm=[(c, r + radius) for c, r in avoid])
+        except ValueError:
+            continue  # no room left for a second lesion: keep one
+        mask, info = _grow(allowed, np.asarray(img.affine, float), vol, location, center,
+                           int(rng.integers(2**31)), hu, maps)
+        edema = rng.uniform(1.0, 4.0) if rng.uniform() < 0.5 else 0.0
+        info["mean_hu"] = _paint(data, allowed, mask, img.affine, rng,
+                                 texture_sd=rng.uniform(4.0, 8.0), edema_mm=edema)
+        info["edema_mm"] = edema
+        truth |= mask
+        avoid.append((center, radius))
+        lesions.append(info)
+    noise, offset = rng.uniform(0, max_noise_hu), rng.uniform(-max_offset_hu, max_offset_hu)
+    fov = data > PADDING_HU
+    data[fov] += offset + noise * rng.standard_normal(int(fov.sum()), dtype=np.float32)
+    out = _like(img, data)
+    if pose:
+        out = random_pose(out, rng)
+    info = {
+        "lesions": lesions,
+        "volume_ml": float(truth.sum() * _voxel_ml(img.affine)),
+        "noise_sd_hu": float(noise),
+        "offset_hu": float(offset),
+        "pose": (out.affine @ np.linalg.inv(img.affine)).tolist(),
+    }
+    return out, truth, info

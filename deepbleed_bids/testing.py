@@ -1,0 +1,79 @@
+"""Helpers for tests and benchmarks: locate the shared real data, convert the real head.
+
+The real data (``../shared/data`` beside the project, or ``$DEEPBLEED_TEST_DATA``)
+is read in place and never copied into the project.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+_TOP = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir():
+    """Folder of the shared real test data, or None when it is absent."""
+    env = os.environ.get("DEEPBLEED_TEST_DATA")
+    path = Path(env) if env else _TOP.parent / "shared" / "data"
+    return path if (path / "README.md").is_file() else None
+
+
+def dcm2niix_binary():
+    """The dcm2niix executable (the PyPI ``dcm2niix`` package ships one)."""
+    found = shutil.which("dcm2niix")
+    if found:
+        return found
+    try:
+        import dcm2niix  # noqa: F401
+
+        from dcm2niix import bin as _bin  # type: ignore[attr-defined]
+
+        return str(_bin)
+    except Exception:  # pragma: no cover
+        return None
+
+
+def convert_ge_head(out_dir, data_dir=None):
+    """Convert the real GE head (gantry tilt, variable spacing) with dcm2niix.
+
+    Returns the tilt-corrected, equidistant image (``*_Tilt_Eq_1.nii.gz``) and its
+    JSON sidecar; only that output has correct geometry.
+    """
+    data_dir = Path(data_dir or shared_data_dir())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nii = out_dir / "gehead_Tilt_Eq_1.nii.gz"
+    if not nii.exists():
+        subprocess.run(
+            [dcm2niix_binary(), "-z", "y", "-b", "y", "-ba", "y", "-f", "gehead",
+             "-o", str(out_dir), str(data_dir / "dicom" / "ge-head-tilt")],
+            check=True, capture_output=True,
+        )
+    return nii, out_dir / "gehead.json"
+
+
+def write_bids_dataset(root, images, sidecars=None):
+    """A minimal raw BIDS dataset: ``images`` maps relpath -> nibabel image or source path."""
+    import json
+
+    import nibabel as nib
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "deepbleed-bids test data", "BIDSVersion": "1.10.0", "DatasetType": "raw"}))
+    subjects = set()
+    for rel, img in images.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(img, (str, Path)):
+            shutil.copyfile(img, path)
+        else:
+            nib.save(img, path)
+        meta = (sidecars or {}).get(rel)
+        if meta is not None:
+            Path(str(path).replace(".nii.gz", ".json")).write_text(json.dumps(meta))
+        subjects.add(Path(rel).parts[0])
+    (root / "participants.tsv").write_text(
+        "participant_id\n" + "".join(f"{s}\n" for s in sorted(subjects)))
+    return root

@@ -1,0 +1,49 @@
+"""Workflow for one CT image: preprocessing -> VNet -> native space -> derivatives."""
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.derivatives import WriteDerivatives
+from ..interfaces.registration import ToNative
+from ..interfaces.segment import VNetSegment
+from .preproc import init_preproc_wf
+
+
+def _timings(clamp, register, segment, forward, native):
+    return {"clamp": clamp, "registration": register, "segmentation": segment,
+            "vnet_forward": forward, "to_native": native}
+
+
+def init_ct_wf(config, source, name=None):
+    """Build the workflow for one source image (``source`` from :func:`deepbleed_bids.bids.collect_ct`)."""
+    from ..bids import image_id
+
+    threads = max(1, int(config.omp_nthreads))
+    wf = pe.Workflow(name=name or f"ct_{image_id(source['relpath'])}_wf")
+    preproc = init_preproc_wf(source["path"], config.template, config.brain_extraction,
+                              config.seed, threads)
+    segment = pe.Node(VNetSegment(model_spec=config.model_spec, device=config.device,
+                                  mixed_precision=config.mixed_precision, num_threads=threads),
+                      name="segment", n_procs=threads, mem_gb=3.0)
+    native = pe.Node(ToNative(method=config.mask_method, threshold=config.threshold),
+                     name="to_native", mem_gb=1.0)
+    timings = pe.Node(niu.Function(function=_timings, output_names=["timings"]), name="timings")
+    sink = pe.Node(WriteDerivatives(config=config.to_dict(), source=source,
+                                    warnings=source.get("warnings", [])),
+                   name="ds_outputs", run_without_submitting=True)
+    po = "outputnode."
+    wf.connect([
+        (preproc, segment, [(po + "template_ct", "in_file")]),
+        (segment, native, [("out_probseg", "in_probseg")]),
+        (preproc, native, [(po + "clamped", "reference"), (po + "transform", "transform")]),
+        (preproc, timings, [(po + "clamp_s", "clamp"), (po + "register_s", "register")]),
+        (segment, timings, [("elapsed", "segment"), ("forward_s", "forward")]),
+        (native, timings, [("elapsed", "native")]),
+        (preproc, sink, [(po + "brain_mask", "brain_mask"), (po + "brain_volume_ml", "brain_volume_ml"),
+                         (po + "template_ct", "preproc_template"), (po + "transform", "transform"),
+                         (po + "similarity", "similarity")]),
+        (native, sink, [("out_mask", "hemorrhage_mask"), ("out_probseg", "hemorrhage_probseg"),
+                        ("volume_ml", "hemorrhage_volume_ml"), ("voxel_count", "hemorrhage_voxel_count")]),
+        (segment, sink, [("out_probseg", "probseg_template"), ("device_plan", "device_plan")]),
+        (timings, sink, [("timings", "timings")]),
+    ])
+    return wf

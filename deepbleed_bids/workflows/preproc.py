@@ -1,0 +1,32 @@
+"""Preprocessing shared by inference and training: clamp -> brain -> template grid."""
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.ct import ClampCT
+from ..interfaces.registration import RigidRegistration
+from .brain import init_brain_extraction_wf
+
+
+def init_preproc_wf(in_file, template, brain_extraction="native", seed=1, omp_nthreads=1,
+                    name="preproc_wf"):
+    """Outputs (``outputnode``): ``clamped`` (native CT), ``brain_mask``, ``brain_volume_ml``,
+    ``template_ct`` (network input on the template grid, nearest neighbour), ``transform``
+    (native -> template), ``similarity``, and the stages' ``elapsed`` seconds."""
+    wf = pe.Workflow(name=name)
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "clamped", "brain_mask", "brain_volume_ml", "template_ct", "transform", "similarity",
+        "clamp_s", "register_s"]), name="outputnode")
+    clamp = pe.Node(ClampCT(in_file=in_file), name="clamp")
+    brain_wf = init_brain_extraction_wf(method=brain_extraction, omp_nthreads=omp_nthreads)
+    register = pe.Node(RigidRegistration(template=template, seed=seed, num_threads=omp_nthreads),
+                       name="register", n_procs=omp_nthreads, mem_gb=1.0)
+    wf.connect([
+        (clamp, brain_wf, [("out_file", "inputnode.in_file")]),
+        (brain_wf, register, [("outputnode.out_file", "in_file")]),
+        (clamp, outputnode, [("out_file", "clamped"), ("elapsed", "clamp_s")]),
+        (brain_wf, outputnode, [("outputnode.out_mask", "brain_mask"),
+                                ("outputnode.brain_volume_ml", "brain_volume_ml")]),
+        (register, outputnode, [("out_file", "template_ct"), ("out_transform", "transform"),
+                                ("similarity", "similarity"), ("elapsed", "register_s")]),
+    ])
+    return wf

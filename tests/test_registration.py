@@ -1,0 +1,296 @@
+"""Registration and resampling between the real GE head and the DeepBleed template grid."""
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from scipy.spatial.transform import Rotation
+
+from deepbleed_bids import registration as reg
+from deepbleed_bids.errors import InputError
+
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+TIMES = {}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _write_transform(path, matrix_lps):
+    """ITK affine file of a 4x4 map from template (LPS) points to native (LPS) points."""
+    import ants
+
+    tx = ants.create_ants_transform(transform_type="AffineTransform", precision="double",
+                                    dimension=3, matrix=matrix_lps[:3, :3],
+                                    translation=matrix_lps[:3, 3])
+    ants.write_transform(tx, str(path))
+    return str(path)
+
+
+def _centroid_ras(img):
+    data = np.asarray(img.dataobj, float)
+    ijk = np.array(np.nonzero(data)).astype(float)
+    w = data[data != 0]
+    centre = (ijk * w).sum(axis=1) / w.sum()
+    return img.affine[:3, :3] @ centre + img.affine[:3, 3]
+
+
+def _ball(ref, centre_ras, radius_mm):
+    ijk = np.indices(ref.shape[:3]).reshape(3, -1)
+    xyz = ref.affine[:3, :3] @ ijk + ref.affine[:3, 3:4]
+    inside = np.linalg.norm(xyz - np.asarray(centre_ras)[:, None], axis=0) <= radius_mm
+    return inside.reshape(ref.shape[:3])
+
+
+def _blob(ref, brain, volume_ml, seed):
+    """Irregular lump (noisy radius) of volume_ml inside the brain, on ref's grid."""
+    rng = np.random.default_rng(seed)
+    zooms = np.linalg.norm(ref.affine[:3, :3], axis=0)
+    centre = np.array(ndi.center_of_mass(brain))
+    centre += np.array([20.0, 15.0, 10.0]) / zooms            # off-centre, 2-3 cm
+    half = np.ceil(35.0 / zooms).astype(int)
+    lo = np.maximum(np.round(centre).astype(int) - half, 0)
+    hi = np.minimum(np.round(centre).astype(int) + half, ref.shape[:3])
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    ijk = np.indices(hi - lo).reshape(3, -1) + lo[:, None]
+    dist = np.linalg.norm((ijk - centre[:, None]) * zooms[:, None], axis=0).reshape(hi - lo)
+    noise = ndi.gaussian_filter(rng.normal(size=hi - lo), 6.0 / zooms)
+    shape = np.where(brain[box], dist / (1 + 0.3 * noise / noise.std()), np.inf)
+    n = int(round(volume_ml * 1000 / np.prod(zooms)))
+    out = np.zeros(ref.shape[:3], bool)
+    out[box] = shape <= np.partition(shape.ravel(), n - 1)[n - 1]
+    return out
+
+
+def _dice(a, b):
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def _same_geometry(out, ref):
+    assert out.shape == ref.shape
+    assert np.allclose(out.affine, ref.affine, rtol=0, atol=1e-6)
+    for code in ("qform_code", "sform_code"):
+        assert int(out.header[code]) == int(ref.header[code])
+    assert np.array_equal(out.header.get_qform(), ref.header.get_qform())
+    assert np.array_equal(out.header.get_sform(), ref.header.get_sform())
+
+
+def _disp_mm(a_lps, b_lps, template):
+    """Mean and max distance between two fixed->moving maps over the template brain."""
+    brain = np.asarray(template.dataobj) != 0
+    ijk = np.array(np.nonzero(brain[::3, ::3, ::3])) * 3
+    pts = LPS @ template.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    d = np.linalg.norm((a_lps @ pts - b_lps @ pts)[:3], axis=0)
+    return d.mean(), d.max()
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def head(ge_head):
+    return nib.load(ge_head)
+
+
+@pytest.fixture(scope="module")
+def template(template_path):
+    return nib.load(template_path)
+
+
+@pytest.fixture(scope="module")
+def brain_mask(head):
+    from deepbleed_bids.brain import extract_brain
+
+    return extract_brain(np.asanyarray(head.dataobj), head.affine)
+
+
+@pytest.fixture(scope="module")
+def brain_img(head, brain_mask):
+    data = np.where(brain_mask, np.asanyarray(head.dataobj), 0).astype(np.int16)
+    return nib.Nifti1Image(data, head.affine, head.header)
+
+
+@pytest.fixture(scope="module")
+def registered(brain_img, template, tmp_path_factory):
+    start = time.perf_counter()
+    result = reg.register_rigid(brain_img, template, str(tmp_path_factory.mktemp("reg") / "sub_"))
+    TIMES["register_rigid"] = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------ grid checks
+
+
+def test_check_template_grid_accepts_the_deepbleed_template(template, template_path):
+    reg.check_template_grid(template, template_path)
+    assert template.header["sform_code"] == 0  # the qform carries the grid: must still pass
+
+
+def _regrid(template, shape=None, zooms=1.5, origin=None, flip=False, rotate=0.0):
+    aff = np.diag([zooms, zooms, zooms, 1.0])
+    aff[:3, 3] = origin if origin is not None else reg.TEMPLATE_ORIGIN
+    if flip:
+        aff[0, 0] = -zooms
+    if rotate:
+        aff[:3, :3] = Rotation.from_euler("z", rotate, degrees=True).as_matrix() @ aff[:3, :3]
+    return nib.Nifti1Image(np.zeros(shape or template.shape, np.float32), aff)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(shape=(127, 128, 128)), "shape (127, 128, 128)"),
+    (dict(zooms=2.0), "voxel size (2.0, 2.0, 2.0) mm"),
+    (dict(origin=(-90.0, -126.5, -71.0)), "origin (-90.0, -126.5, -71.0)"),
+    (dict(flip=True), "orientation LAS"),
+    (dict(rotate=5.0), "with axes not aligned with RAS"),
+])
+def test_check_template_grid_rejects_other_grids(template, kwargs, message):
+    with pytest.raises(InputError) as err:
+        reg.check_template_grid(_regrid(template, **kwargs), "tpl.nii.gz")
+    assert message in str(err.value)
+    assert str(err.value).startswith("tpl.nii.gz: not on the DeepBleed template grid")
+    assert "128, 128, 128" in str(err.value)  # says what is required
+
+
+def test_check_affine_rejects_uncorrected_gantry_tilt(head, ge_head):
+    reg.check_affine(head, ge_head)  # tilt-corrected: orthogonal though oblique
+    plain = ge_head.parent / "gehead.nii.gz"  # dcm2niix's stack without tilt correction
+    with pytest.raises(InputError, match=r"sheared affine.*71\.5 deg.*_Tilt_.*dicom2bids"):
+        reg.check_affine(nib.load(plain), plain)
+    shear = head.affine.copy()
+    shear[:3, 2] += 0.2 * head.affine[:3, 1]
+    with pytest.raises(InputError, match="not orthogonal"):
+        reg.check_affine(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), shear))
+
+
+def test_register_rejects_unusable_input(head, template, tmp_path):
+    with pytest.raises(InputError, match="brain-extracted"):
+        reg.register_rigid(head, template, str(tmp_path / "raw_"))  # skull, air, -1500 padding
+    plain = nib.load(head.get_filename().replace("_Tilt_Eq_1", ""))
+    with pytest.raises(InputError, match="sheared"):
+        reg.register_rigid(plain, template, str(tmp_path / "tilt_"))
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ orientation
+
+
+@pytest.mark.parametrize("motion", ["identity", "rigid"])
+def test_marker_lands_at_the_same_world_coordinate(head, template, tmp_path, motion):
+    """A ball at a known RAS position in the oblique native grid, through a known transform."""
+    point = np.array([20.0, -15.0, 30.0])       # asymmetric in x, y, z: a flip moves it
+    marker = nib.Nifti1Image(_ball(head, point, 5.0).astype(np.float32), head.affine, head.header)
+    tx = np.eye(4)
+    if motion == "rigid":
+        tx[:3, :3] = Rotation.from_rotvec(np.deg2rad(25) * np.array([0.3, -0.5, 0.81])
+                                          / np.linalg.norm([0.3, -0.5, 0.81])).as_matrix()
+        tx[:3, 3] = [6.0, -9.0, 4.0]
+    path = _write_transform(tmp_path / "tx.mat", tx)
+    # tx maps template points to native points, so the ball appears at tx^-1(point).
+    expected = (LPS @ np.linalg.inv(tx) @ LPS @ np.append(point, 1))[:3]
+    for interp in ("linear", "nearestNeighbor"):
+        fwd = reg.to_template(marker, template, path, interpolation=interp)
+        _same_geometry(fwd, template)
+        assert np.linalg.norm(_centroid_ras(fwd) - expected) < 0.5
+    back = reg.to_native(reg.to_template(marker, template, path, "linear"), head, path, "linear")
+    _same_geometry(back, head)
+    assert np.linalg.norm(_centroid_ras(back) - point) < 0.5
+
+
+# ------------------------------------------------------------------ round trip
+
+
+def test_round_trip_keeps_volume_and_shape(head, template, brain_mask, registered, tmp_path):
+    blob = _blob(head, brain_mask, 20.0, seed=3)
+    voxel_ml = abs(np.linalg.det(head.affine[:3, :3])) / 1000
+    volume = blob.sum() * voxel_ml
+    assert 19.9 < volume < 20.1
+    tx = registered["transform"]
+    img = nib.Nifti1Image(blob.astype(np.uint8), head.affine, head.header)
+
+    start = time.perf_counter()
+    prob = reg.to_template(img, template, tx, interpolation="linear")  # like the VNet's map
+    TIMES["to_template"] = time.perf_counter() - start
+    _same_geometry(prob, template)
+    start = time.perf_counter()
+    back = reg.to_native(prob, head, tx, interpolation="linear")
+    TIMES["to_native"] = time.perf_counter() - start
+    _same_geometry(back, head)
+    nib.save(back, tmp_path / "back.nii.gz")
+    _same_geometry(nib.load(tmp_path / "back.nii.gz"), head)
+
+    result = {"linear": np.asarray(back.dataobj) >= 0.5}
+    label = (np.asarray(prob.dataobj) >= 0.5).astype(np.uint8)   # binary map on the template grid
+    label_img = nib.Nifti1Image(label, template.affine, template.header)
+    for interp in ("nearestNeighbor", "genericLabel"):
+        out = reg.to_native(label_img, head, tx, interpolation=interp)
+        _same_geometry(out, head)
+        assert out.get_data_dtype() == np.uint8
+        result[interp] = np.asarray(out.dataobj) == 1
+    for interp, mask in result.items():
+        err = mask.sum() * voxel_ml / volume - 1
+        print(f"round trip {interp}: volume {volume:.2f} mL, error {100 * err:+.2f} %, "
+              f"Dice {_dice(mask, blob):.3f}")
+        limit, dice = (0.02, 0.9) if interp == "linear" else (0.10, 0.8)
+        assert abs(err) < limit
+        assert _dice(mask, blob) >= dice
+
+
+def test_to_template_keeps_hounsfield_units(brain_img, template, registered):
+    out = reg.to_template(brain_img, template, registered["transform"])  # nearest neighbour
+    values = np.unique(np.asarray(out.dataobj))
+    assert np.isin(values, np.unique(np.asanyarray(brain_img.dataobj))).all()
+    assert out.get_data_dtype() == np.int16
+    with pytest.raises(ValueError, match="interpolation"):
+        reg.to_template(brain_img, template, registered["transform"], interpolation="cubic")
+
+
+# ------------------------------------------------------------------ registration
+
+
+def test_registration_aligns_the_brain(brain_img, template, registered, tmp_path):
+    identity = _write_transform(tmp_path / "identity.mat", np.eye(4))
+    unregistered = reg.to_template(brain_img, template, identity, interpolation="linear")
+    t, u = np.asarray(template.dataobj), np.asarray(unregistered.dataobj)
+    both = (t != 0) & (u != 0)
+    before = np.corrcoef(t[both], u[both])[0, 1]
+    print(f"registration: similarity {registered['similarity']:.3f} (header pose {before:.3f}), "
+          f"MI {registered['mutual_information']:.3f}, overlap {registered['overlap']:.3f}, "
+          f"{registered['params']}")
+    assert registered["similarity"] > 0.3
+    assert registered["similarity"] > before + 0.1
+    assert registered["overlap"] > 0.8
+    assert registered["transform"].endswith("sub_0GenericAffine.mat")
+
+
+def test_registration_recovers_pose_not_header(brain_img, template, registered, tmp_path):
+    """Move the head in world space (affine only): the template pose must not change."""
+    centre = _centroid_ras(brain_img)
+    motion = np.eye(4)
+    axis = np.array([0.6, 0.3, 0.74]) / np.linalg.norm([0.6, 0.3, 0.74])
+    motion[:3, :3] = Rotation.from_rotvec(np.deg2rad(8.0) * axis).as_matrix()
+    motion[:3, 3] = centre - motion[:3, :3] @ centre + [6.0, -6.0, 5.3]   # 10 mm
+    moved = nib.Nifti1Image(np.asanyarray(brain_img.dataobj), motion @ brain_img.affine)
+    again = reg.register_rigid(moved, template, str(tmp_path / "moved_"))
+
+    first = reg._matrix(registered["transform"])
+    second = reg._matrix(again["transform"])
+    mean, worst = _disp_mm(second, LPS @ motion @ LPS @ first, template)
+    print(f"pose recovery: mean {mean:.2f} mm, max {worst:.2f} mm")
+    assert worst < 1.0
+    # and the header motion really was large
+    assert _disp_mm(second, first, template)[0] > 8.0
+
+
+def test_registration_is_deterministic(brain_img, template, registered, tmp_path):
+    again = reg.register_rigid(brain_img, template, str(tmp_path / "again_"))
+    assert np.array_equal(reg._matrix(again["transform"]), reg._matrix(registered["transform"]))
+    assert again["similarity"] == registered["similarity"]
+
+
+def test_runtime(registered):
+    print("runtime (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMES.items()))
+    assert TIMES["register_rigid"] < 30
+    for step in ("to_template", "to_native"):
+        if step in TIMES:
+            assert TIMES[step] < 10
