@@ -77,7 +77,6 @@ def main():
     else:
         model = stage("build model", lambda: build_vnet(input_shape=(128, 128, 128, 1)))
     vol = np.asanyarray(net_in.dataobj).astype(np.float32)
-    predict_volume(model, vol[:32, :32, :32], device=plan["device"])  # warm-up (graph tracing)
     prob = stage("VNet forward 128^3", lambda: predict_volume(model, vol, device=plan["device"]))
     prob_img = like(prob, template, dtype=np.float32)
     stage("to native (linear)", lambda: to_native(prob_img, img, reg["transform"], "linear"))

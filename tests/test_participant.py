@@ -1,0 +1,163 @@
+"""Participant level end to end on the real gantry-tilted head, with a synthetic hematoma.
+
+The network here has random weights (its mask is meaningless), so the geometry of
+the way back to native space is checked separately with a known mask.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepbleed_bids.assets import TEMPLATE
+from deepbleed_bids.brain import extract_brain
+from deepbleed_bids.ct import clamp_hu
+from deepbleed_bids.model.vnet import build_vnet
+from deepbleed_bids.model.weights import sha256_file
+from deepbleed_bids.nifti import like, voxel_volume_ml
+from deepbleed_bids.synth import insert_hematoma
+from deepbleed_bids.testing import write_bids_dataset
+
+RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
+LESION_ML = 25.0
+NATIVE = ("desc-brain_mask", "desc-hemorrhage_mask", "desc-hemorrhage_probseg")
+TEMPLATE_SPACE = ("space-DeepBleedCT_desc-preproc_ct", "space-DeepBleedCT_desc-hemorrhage_probseg")
+
+
+def _not_a_brain(ref):
+    """CT-like intensities (air, bone, soft tissue) but no skull enclosing anything."""
+    data = np.full((96, 96, 40), -1000, np.int16)
+    data[20:76, 20:76, 5:35] = 35
+    data[20:24, 20:76, 5:35] = 1100
+    return nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+
+
+@pytest.fixture(scope="module")
+def case(ge_head, asset_home, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("participant")
+    head = nib.load(ge_head)
+    head = like(np.asanyarray(head.dataobj), head)
+    brain = extract_brain(clamp_hu(np.asanyarray(head.dataobj)), head.affine)
+    bleed, lesion, info = insert_hematoma(head, brain, LESION_ML, rng=np.random.default_rng(7),
+                                          location="deep")
+    bids = write_bids_dataset(tmp / "bids", {
+        "sub-01/ses-1/ct/sub-01_ses-1_ct.nii.gz": ge_head,
+        "sub-01/ses-2/anat/sub-01_ses-2_acq-axial_CT.nii.gz": bleed,
+        "sub-02/ct/sub-02_ct.nii.gz": _not_a_brain(head),
+    })
+    model = tmp / "random.weights.h5"
+    build_vnet(width=4).save_weights(model)
+    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
+    cmd = [sys.executable, str(RUN_PY), str(bids), str(tmp / "out"), "participant", "--model", str(model),
+           "--nprocs", "2", "--omp-nthreads", "1", "--work-dir", str(tmp / "work")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return {"tmp": tmp, "bids": bids, "out": tmp / "out", "proc": proc, "lesion": lesion, "info": info,
+            "model": model, "cmd": cmd, "env": env}
+
+
+def _outputs(out, stem, folder):
+    base = out / folder
+    files = {key: base / f"{stem}_{key}.nii.gz" for key in NATIVE + TEMPLATE_SPACE}
+    files["xfm"] = base / f"{stem}_from-orig_to-DeepBleedCT_mode-image_xfm.mat"
+    return files
+
+
+def test_one_bad_scan_fails_alone_with_a_named_reason(case):
+    proc = case["proc"]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    summary = proc.stderr[proc.stderr.index("done in"):]
+    assert "2 image(s) processed, 1 failed" in summary
+    assert "FAILED  sub-02/ct/sub-02_ct.nii.gz" in summary
+    assert "InputError" in summary and "skull" in summary
+    assert not (case["out"] / "sub-02" / "ct").exists()  # no partial outputs
+    assert list((case["out"] / "sub-02" / "log").glob("crash-*.txt"))
+    assert not list(case["out"].glob(".deepbleed-staging-*"))
+
+
+@pytest.mark.parametrize("stem,folder,source", [
+    ("sub-01_ses-1", "sub-01/ses-1/ct", "sub-01/ses-1/ct/sub-01_ses-1_ct.nii.gz"),
+    ("sub-01_ses-2_acq-axial", "sub-01/ses-2/anat", "sub-01/ses-2/anat/sub-01_ses-2_acq-axial_CT.nii.gz"),
+])
+def test_outputs_keep_geometry_and_carry_provenance(case, stem, folder, source, template_path):
+    files = _outputs(case["out"], stem, folder)
+    for path in files.values():
+        assert path.is_file(), path
+        assert Path(str(path).replace(".nii.gz", ".json").replace(".mat", ".json")).is_file()
+    src = nib.load(case["bids"] / source)
+    tpl = nib.load(template_path)
+    for key in NATIVE:
+        img = nib.load(files[key])
+        assert img.shape == src.shape
+        assert np.array_equal(img.affine, src.affine), key
+        assert np.array_equal(img.header.get_qform(), src.header.get_qform())
+        assert np.array_equal(img.header.get_sform(), src.header.get_sform())
+    for key in TEMPLATE_SPACE:
+        img = nib.load(files[key])
+        assert img.shape == (128, 128, 128) and np.array_equal(img.affine, tpl.affine), key
+
+    meta = json.loads(files["desc-hemorrhage_mask"].with_suffix("").with_suffix(".json").read_text())
+    mask = np.asanyarray(nib.load(files["desc-hemorrhage_mask"]).dataobj)
+    brain = np.asanyarray(nib.load(files["desc-brain_mask"]).dataobj)
+    vox = voxel_volume_ml(src)
+    assert meta["HemorrhageVoxelCount"] == int(mask.sum())
+    assert meta["HemorrhageVolume"] == pytest.approx(mask.sum() * vox, abs=1e-3)
+    assert meta["BrainVolume"] == pytest.approx(brain.sum() * vox, abs=1e-3)
+    assert 1150 < meta["BrainVolume"] < 1700
+    assert meta["Sources"][0] == f"bids:raw:{source}"
+    assert meta["Model"]["WeightsSHA256"] == sha256_file(case["model"])
+    assert meta["Template"]["SHA256"] == TEMPLATE["sha256"]
+    assert meta["Parameters"]["NetworkInputInterpolation"] == "nearestNeighbor"
+    assert set(meta["Timings"]) >= {"registration", "vnet_forward", "to_native"}
+    assert {"tensorflow", "nipype", "antspyx", "pybids"} <= set(meta["SoftwareVersions"])
+    # the network input: raw HU, 0 outside the brain, on the template grid
+    net_in = np.asanyarray(nib.load(files["space-DeepBleedCT_desc-preproc_ct"]).dataobj)
+    assert (net_in == 0).mean() > 0.4 and net_in.max() <= 3071 and 20 < np.median(net_in[net_in != 0]) < 50
+
+
+def test_dataset_description(case):
+    desc = json.loads((case["out"] / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Name"] == "deepbleed-bids"
+    assert desc["DatasetLinks"]["raw"].endswith("/bids")
+
+
+def test_known_template_mask_lands_on_the_lesion(case, template_path, tmp_path):
+    """A mask placed in template space (through the run's own transform) and carried
+    back by the pipeline's own interface lands on the inserted lesion, same volume."""
+    from deepbleed_bids.interfaces.registration import ToNative
+    from deepbleed_bids.registration import to_template
+
+    files = _outputs(case["out"], "sub-01_ses-2_acq-axial", "sub-01/ses-2/anat")
+    src_path = case["bids"] / "sub-01/ses-2/anat/sub-01_ses-2_acq-axial_CT.nii.gz"
+    src = nib.load(src_path)
+    truth = case["lesion"]
+    tpl = nib.load(template_path)
+    known = to_template(like(truth.astype(np.float32), src), tpl, str(files["xfm"]), interpolation="linear")
+    known_path = tmp_path / "known_probseg.nii.gz"
+    nib.save(known, known_path)
+    volumes = {}
+    for method in ("probability", "deepbleed"):
+        res = ToNative(in_probseg=str(known_path), reference=str(src_path), transform=str(files["xfm"]),
+                       method=method).run(cwd=str(tmp_path))
+        out = nib.load(res.outputs.out_mask)
+        assert np.array_equal(out.affine, src.affine)
+        mask = np.asanyarray(out.dataobj) > 0
+        dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+        volumes[method] = res.outputs.volume_ml
+        assert dice > (0.9 if method == "probability" else 0.8), (method, dice)
+    assert volumes["probability"] == pytest.approx(case["info"]["volume_ml"], rel=0.02)
+    assert volumes["deepbleed"] == pytest.approx(case["info"]["volume_ml"], rel=0.10)
+
+
+def test_rerun_reuses_finished_nodes(case):
+    node = next((case["tmp"] / "work").rglob("ct_sub_01_ses_1_wf/preproc_wf/register/result_register.pklz"))
+    before = node.stat().st_mtime_ns
+    cmd = case["cmd"] + ["--participant-label", "sub-01"]
+    proc = subprocess.run(cmd, env=case["env"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert node.stat().st_mtime_ns == before
+    assert "2 image(s) processed, 0 failed" in proc.stderr
