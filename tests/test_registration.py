@@ -1,4 +1,5 @@
 """Registration and resampling between the real GE head and the DeepBleed template grid."""
+import resource
 import time
 
 import nibabel as nib
@@ -37,10 +38,17 @@ def _centroid_ras(img):
 
 
 def _ball(ref, centre_ras, radius_mm):
-    ijk = np.indices(ref.shape[:3]).reshape(3, -1)
+    zooms = np.linalg.norm(ref.affine[:3, :3], axis=0)
+    centre = (np.linalg.inv(ref.affine) @ np.append(centre_ras, 1))[:3]
+    lo = np.maximum(np.floor(centre - radius_mm / zooms).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(centre + radius_mm / zooms).astype(int) + 2, ref.shape[:3])
+    ijk = np.indices(hi - lo).reshape(3, -1) + lo[:, None]
     xyz = ref.affine[:3, :3] @ ijk + ref.affine[:3, 3:4]
-    inside = np.linalg.norm(xyz - np.asarray(centre_ras)[:, None], axis=0) <= radius_mm
-    return inside.reshape(ref.shape[:3])
+    out = np.zeros(ref.shape[:3], bool)
+    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = (
+        np.linalg.norm(xyz - np.asarray(centre_ras)[:, None], axis=0) <= radius_mm
+    ).reshape(hi - lo)
+    return out
 
 
 def _blob(ref, brain, volume_ml, seed):
@@ -61,6 +69,24 @@ def _blob(ref, brain, volume_ml, seed):
     out = np.zeros(ref.shape[:3], bool)
     out[box] = shape <= np.partition(shape.ravel(), n - 1)[n - 1]
     return out
+
+
+def _cpu_seconds():
+    """CPU time of this process and its finished children (registration runs in a child)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class _Timer:
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+
+    def __exit__(self, *exc):
+        TIMES[self.name] = (time.perf_counter() - self.wall, _cpu_seconds() - self.cpu)
 
 
 def _dice(a, b):
@@ -113,10 +139,8 @@ def brain_img(head, brain_mask):
 
 @pytest.fixture(scope="module")
 def registered(brain_img, template, tmp_path_factory):
-    start = time.perf_counter()
-    result = reg.register_rigid(brain_img, template, str(tmp_path_factory.mktemp("reg") / "sub_"))
-    TIMES["register_rigid"] = time.perf_counter() - start
-    return result
+    with _Timer("register_rigid"):
+        return reg.register_rigid(brain_img, template, str(tmp_path_factory.mktemp("reg") / "sub_"))
 
 
 # ------------------------------------------------------------------ grid checks
@@ -163,10 +187,14 @@ def test_check_affine_rejects_uncorrected_gantry_tilt(head, ge_head):
         reg.check_affine(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), shear))
 
 
-def test_register_rejects_unusable_input(head, template, tmp_path):
+def test_register_rejects_unusable_input(head, ge_head, brain_img, template, tmp_path):
+    with pytest.raises(ValueError, match="threads"):
+        reg.register_rigid(brain_img, template, str(tmp_path / "zero_"), threads=0)
+    with pytest.raises(InputError, match="not on the DeepBleed template grid"):
+        reg.register_rigid(brain_img, head, str(tmp_path / "grid_"))
     with pytest.raises(InputError, match="brain-extracted"):
         reg.register_rigid(head, template, str(tmp_path / "raw_"))  # skull, air, -1500 padding
-    plain = nib.load(head.get_filename().replace("_Tilt_Eq_1", ""))
+    plain = nib.load(ge_head.parent / "gehead.nii.gz")  # not tilt-corrected
     with pytest.raises(InputError, match="sheared"):
         reg.register_rigid(plain, template, str(tmp_path / "tilt_"))
     assert not list(tmp_path.iterdir())
@@ -208,20 +236,18 @@ def test_round_trip_keeps_volume_and_shape(head, template, brain_mask, registere
     tx = registered["transform"]
     img = nib.Nifti1Image(blob.astype(np.uint8), head.affine, head.header)
 
-    start = time.perf_counter()
     prob = reg.to_template(img, template, tx, interpolation="linear")  # like the VNet's map
-    TIMES["to_template"] = time.perf_counter() - start
     _same_geometry(prob, template)
-    start = time.perf_counter()
-    back = reg.to_native(prob, head, tx, interpolation="linear")
-    TIMES["to_native"] = time.perf_counter() - start
+    with _Timer("to_native"):
+        back = reg.to_native(prob, head, tx, interpolation="linear")
     _same_geometry(back, head)
     nib.save(back, tmp_path / "back.nii.gz")
     _same_geometry(nib.load(tmp_path / "back.nii.gz"), head)
 
     result = {"linear": np.asarray(back.dataobj) >= 0.5}
     label = (np.asarray(prob.dataobj) >= 0.5).astype(np.uint8)   # binary map on the template grid
-    label_img = nib.Nifti1Image(label, template.affine, template.header)
+    # geometry in the header only (.affine is None), as nifti.like builds images
+    label_img = nib.Nifti1Image(label, None, template.header)
     for interp in ("nearestNeighbor", "genericLabel"):
         out = reg.to_native(label_img, head, tx, interpolation=interp)
         _same_geometry(out, head)
@@ -231,13 +257,14 @@ def test_round_trip_keeps_volume_and_shape(head, template, brain_mask, registere
         err = mask.sum() * voxel_ml / volume - 1
         print(f"round trip {interp}: volume {volume:.2f} mL, error {100 * err:+.2f} %, "
               f"Dice {_dice(mask, blob):.3f}")
-        limit, dice = (0.02, 0.9) if interp == "linear" else (0.10, 0.8)
+        limit, dice = (0.02, 0.9) if interp == "linear" else (0.05, 0.9)
         assert abs(err) < limit
         assert _dice(mask, blob) >= dice
 
 
 def test_to_template_keeps_hounsfield_units(brain_img, template, registered):
-    out = reg.to_template(brain_img, template, registered["transform"])  # nearest neighbour
+    with _Timer("to_template"):
+        out = reg.to_template(brain_img, template, registered["transform"])  # nearest neighbour
     values = np.unique(np.asarray(out.dataobj))
     assert np.isin(values, np.unique(np.asanyarray(brain_img.dataobj))).all()
     assert out.get_data_dtype() == np.int16
@@ -289,8 +316,10 @@ def test_registration_is_deterministic(brain_img, template, registered, tmp_path
 
 
 def test_runtime(registered):
-    print("runtime (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMES.items()))
-    assert TIMES["register_rigid"] < 30
+    """Wall time depends on the machine's load; CPU time (1 ITK thread) does not."""
+    print("runtime (wall s / CPU s): "
+          + ", ".join(f"{k} {w:.1f} / {c:.1f}" for k, (w, c) in TIMES.items()))
+    assert TIMES["register_rigid"][1] < 25
     for step in ("to_template", "to_native"):
         if step in TIMES:
-            assert TIMES[step] < 10
+            assert TIMES[step][1] < 5

@@ -18,8 +18,10 @@ def init_preproc_wf(in_file, template, brain_extraction="native", seed=1, omp_nt
         "clamp_s", "register_s"]), name="outputnode")
     clamp = pe.Node(ClampCT(in_file=in_file), name="clamp")
     brain_wf = init_brain_extraction_wf(method=brain_extraction, omp_nthreads=omp_nthreads)
-    register = pe.Node(RigidRegistration(template=template, seed=seed, num_threads=omp_nthreads),
-                       name="register", n_procs=omp_nthreads, mem_gb=1.0)
+    # One ITK thread: multi-threaded Mattes MI sums in a varying order and moves the
+    # result by up to ~2 mm between identical runs; trials need the same volume twice.
+    register = pe.Node(RigidRegistration(template=template, seed=seed, num_threads=1),
+                       name="register", mem_gb=1.0)
     wf.connect([
         (clamp, brain_wf, [("out_file", "inputnode.in_file")]),
         (brain_wf, register, [("outputnode.out_file", "in_file")]),
