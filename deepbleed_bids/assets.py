@@ -110,9 +110,12 @@ def fetch_template():
                      "the DeepBleed CT template", "pass --template FILE")
 
 
-def fetch_published_weights():
-    """Path of the published DeepBleed MISTIE II weights zip; prints its license once."""
-    path = _retrieve(PUBLISHED_WEIGHTS["url"], PUBLISHED_WEIGHTS["sha256"], PUBLISHED_WEIGHTS["path"],
+def fetch_published_weights(sha256=None):
+    """Path of the published DeepBleed MISTIE II weights zip; prints its license once.
+
+    ``sha256`` pins the file (none is published; e.g. one recorded by an earlier download).
+    """
+    path = _retrieve(PUBLISHED_WEIGHTS["url"], sha256 or PUBLISHED_WEIGHTS["sha256"], PUBLISHED_WEIGHTS["path"],
                      "the published DeepBleed weights", "pass --model PATH (a checkpoint or its zip)")
     shown = path.parent / ".license-shown"
     if not shown.exists():

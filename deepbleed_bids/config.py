@@ -35,6 +35,10 @@ class Config:
     verbose: int = 0
     group_by: list = field(default_factory=list)
     reference_masks: str = ""
+    expansion_ml: float = 6.0  # hematoma expansion: growth > 6 mL or > 33 %
+    expansion_pct: float = 33.0
+    post_treatment_sessions: list = field(default_factory=list)  # else sessions.tsv "post_treatment"
+    qc_thresholds: dict = field(default_factory=dict)  # overrides of deepbleed_bids.qc.THRESHOLDS
     # filled in once assets are resolved
     template_sha256: str = ""
     model_spec: dict = field(default_factory=dict)

@@ -1,4 +1,5 @@
 """Run the participant and group levels: check inputs, resolve assets, run nipype, report."""
+import os
 import re
 import shutil
 import sys
@@ -31,6 +32,12 @@ def check_dirs(config):
     if bids_dir / "derivatives" == out_dir:
         raise InputError(f"write outputs to a folder inside {out_dir} (e.g. {out_dir / 'deepbleed'}), "
                          "not to derivatives/ itself.")
+    existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(
+            f"output folder {config.output_dir} cannot be written ({existing} is not writable by this "
+            f"user, uid {os.getuid()}). Create it with the right owner first (with Docker: "
+            "`mkdir -p out` before `docker run -u $(id -u):$(id -g) ...`).")
 
 
 def preflight(images):
@@ -110,13 +117,9 @@ def _run_workflow(config, images):
     })
     nlogging.update_logging(ncfg)
     wf = init_deepbleed_wf(config, images)
-    plugin = "Linear" if config.plugin == "MultiProc" and config.nprocs == 1 else config.plugin
-    args = dict(config.plugin_args)
-    if plugin == "MultiProc":
-        args.setdefault("n_procs", config.nprocs)
-        if config.mem_gb:
-            args.setdefault("memory_gb", config.mem_gb)
-        args.setdefault("raise_insufficient", False)
+    from .execution import plugin_settings
+
+    plugin, args = plugin_settings(config)
     try:
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError:
@@ -141,6 +144,12 @@ def run_participant(config):
 
     start = time.perf_counter()
     check_dirs(config)
+    from .qc import check_thresholds
+
+    try:
+        check_thresholds(config.qc_thresholds)
+    except ValueError as err:
+        raise InputError(f"--qc-thresholds: {err}") from err
     images = B.collect_ct(config.bids_dir, config.participant_label, config.session_label,
                           config.bids_filters)
     images, skipped = select_series(images, config.kernels)
@@ -150,6 +159,8 @@ def run_participant(config):
     if not images:
         for relpath, reason in failures:
             log(f"FAILED {relpath}: {reason}")
+        if Path(config.output_dir).is_dir():  # earlier outputs: keep their reports in step
+            write_reports(config, [], failures, skipped)
         raise InputError("no usable CT image: " + "; ".join(r for _, r in failures))
     resolve_assets(config)
     log(f"{len(images)} CT image(s); model {config.model_spec['id']} "
@@ -180,7 +191,24 @@ def run_participant(config):
         else:
             ok.append((source["relpath"], target))
     _summary(ok, failures, time.perf_counter() - start)
+    write_reports(config, images, failures, skipped)
     return 1 if failures else 0
+
+
+def write_reports(config, images, failures, skipped=()):
+    """One HTML report per participant of this run; a report that fails is logged, never fatal."""
+    from .reports.participant import write_participant_report
+
+    subjects = sorted({Path(rel).parts[0] for rel in [i["relpath"] for i in images]
+                       + [r for r, _ in failures] + [r for r, _ in skipped]})
+    for sub in subjects:
+        try:
+            path = write_participant_report(config.output_dir, config.bids_dir, sub, failures, skipped)
+        except Exception as err:  # noqa: BLE001
+            log(f"report for {sub} could not be written: {err}")
+            continue
+        if path:
+            log(f"report: {path}")
 
 
 def _summary(ok, failures, elapsed):
@@ -196,4 +224,8 @@ def _summary(ok, failures, elapsed):
 
 
 def run_group(config):
-    raise InputError("the group level is not implemented yet in this version.")
+    """Group level (deepbleed_bids.group); non-zero only when there is nothing to summarise."""
+    from .group import run_group as _run_group
+
+    _run_group(config, log=log)
+    return 0

@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 
-SUBCOMMANDS = ["run", "example", "dicom2bids", "train", "evaluate", "fetch"]
+SUBCOMMANDS = ["run", "example", "dicom2bids", "train", "evaluate", "synthesize", "fetch"]
 
 
 def _modules():

@@ -75,6 +75,16 @@ def add_bids_app_arguments(parser):
                      help="participants.tsv columns to summarise by (e.g. site arm)")
     grp.add_argument("--reference-masks", type=Path, metavar="DIR",
                      help="folder of reference hemorrhage masks for agreement statistics")
+    grp.add_argument("--expansion-ml", type=float, default=6.0, metavar="ML",
+                     help="hematoma expansion: growth from the first scan above this many mL (default 6)")
+    grp.add_argument("--expansion-pct", type=float, default=33.0, metavar="PCT",
+                     help="... or above this percent of the first scan's volume (default 33)")
+    grp.add_argument("--post-treatment-sessions", nargs="+", default=[], metavar="LABEL",
+                     help="sessions scanned after surgery, for the MISTIE III target (<= 15 mL or >= 70%% "
+                          "reduction); default: the 'post_treatment' column of sub-*/sub-*_sessions.tsv")
+    grp.add_argument("--qc-thresholds", type=_json_dict, default={}, metavar="JSON",
+                     help='QC flag thresholds, e.g. {"skull_contact_cm2": 6}; used at the participant '
+                          "level and re-applied to the stored measures at the group level")
     return parser
 
 

@@ -31,16 +31,22 @@ def config_from_args(args):
         mask_method=args.mask_method, threshold=args.threshold, kernels=args.kernels, seed=args.seed,
         verbose=args.verbose, group_by=list(args.group_by),
         reference_masks=str(args.reference_masks or ""),
+        expansion_ml=args.expansion_ml, expansion_pct=args.expansion_pct,
+        post_treatment_sessions=list(args.post_treatment_sessions), qc_thresholds=args.qc_thresholds,
     )
 
 
 def run(args):
     from .. import runner
+    from ..execution import plugin_settings, runtime_environment
 
     config = config_from_args(args)
-    if config.analysis_level == "group":
-        return runner.run_group(config)
-    return runner.run_participant(config)
+    plugin_settings(config)  # a bad --plugin/--nprocs/--mem fails here, before any work
+    # caches and temporary files in the work folder: nothing written to $HOME or /tmp
+    with runtime_environment(config.work_dir):
+        if config.analysis_level == "group":
+            return runner.run_group(config)
+        return runner.run_participant(config)
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     device_plan = traits.Dict()
     timings = traits.Dict()
     warnings = traits.List()
+    qc = traits.Dict(desc="quality control record (deepbleed_bids.qc.quality)")
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -50,6 +51,7 @@ class WriteDerivatives(SimpleInterface):
             "device_plan": self.inputs.device_plan,
             "timings": self.inputs.timings,
             "warnings": list(self.inputs.warnings),
+            "qc": dict(self.inputs.qc),
         }
         self._results["out_files"] = write_outputs(self.inputs.config, self.inputs.source, files, results)
         return runtime

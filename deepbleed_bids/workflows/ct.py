@@ -3,6 +3,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.derivatives import WriteDerivatives
+from ..interfaces.qc import ComputeQC
 from ..interfaces.registration import ToNative
 from ..interfaces.segment import VNetSegment
 from .preproc import init_preproc_wf
@@ -27,6 +28,9 @@ def init_ct_wf(config, source, name=None):
     native = pe.Node(ToNative(method=config.mask_method, threshold=config.threshold),
                      name="to_native", mem_gb=1.0)
     timings = pe.Node(niu.Function(function=_timings, output_names=["timings"]), name="timings")
+    qc = pe.Node(ComputeQC(template=config.template, metadata=source.get("metadata", {}),
+                           thresholds=getattr(config, "qc_thresholds", {}) or {}),
+                 name="qc", mem_gb=1.5)
     sink = pe.Node(WriteDerivatives(config=config.to_dict(), source=source,
                                     warnings=source.get("warnings", [])),
                    name="ds_outputs", run_without_submitting=True)
@@ -45,5 +49,9 @@ def init_ct_wf(config, source, name=None):
                         ("volume_ml", "hemorrhage_volume_ml"), ("voxel_count", "hemorrhage_voxel_count")]),
         (segment, sink, [("out_probseg", "probseg_template"), ("device_plan", "device_plan")]),
         (timings, sink, [("timings", "timings")]),
+        (preproc, qc, [(po + "clamped", "in_ct"), (po + "brain_mask", "brain_mask"),
+                       (po + "similarity", "similarity"), (po + "template_ct", "registered")]),
+        (native, qc, [("out_mask", "hemorrhage_mask"), ("volume_ml", "hemorrhage_volume_ml")]),
+        (qc, sink, [("qc", "qc")]),
     ])
     return wf

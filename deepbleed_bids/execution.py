@@ -1,0 +1,157 @@
+"""How a run executes: the nipype plugin, and a process environment that writes
+nothing outside the output and work folders.
+
+:func:`plugin_settings` is pure (config in, plugin name and arguments out) so the
+choice is tested without a cluster. :func:`runtime_environment` points every
+cache that a dependency would otherwise put in ``$HOME`` or ``/tmp`` (Keras'
+``keras.json``, Matplotlib's font cache, the CUDA JIT cache, temporary files)
+into the work folder, so the app runs with an unwritable ``$HOME``, a read-only
+package and asset cache, and in read-only containers (Docker ``--read-only``,
+Singularity/Apptainer).
+"""
+import atexit
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+# nipype's execution plugins (nipype.pipeline.plugins.<Name>Plugin). Debug needs a
+# Python callable and cannot be given on the command line.
+PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph",
+           "PBS", "PBSGraph", "LSF", "OAR", "Condor", "CondorDAGMan", "IPython", "SomaFlow")
+# plugins that submit every node as a batch job: the work folder must be shared
+BATCH_PLUGINS = ("SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph", "LSF", "OAR",
+                 "Condor", "CondorDAGMan")
+
+
+def canonical_plugin(name):
+    """``slurm`` -> ``SLURM``; an unknown name is an :class:`InputError` listing the choices."""
+    found = {p.lower(): p for p in PLUGINS}.get(str(name).strip().lower().removesuffix("plugin"))
+    if found is None:
+        raise InputError(f"--plugin {name}: not a nipype execution plugin; choose one of "
+                         f"{', '.join(PLUGINS)}.")
+    return found
+
+
+def plugin_settings(config):
+    """The nipype plugin and its ``plugin_args`` for a run, from the configuration.
+
+    - MultiProc gets ``n_procs`` (``--nprocs``) and ``memory_gb`` (``--mem``); with one
+      process it becomes Linear, which takes no arguments.
+    - SLURM gets ``sbatch_args`` asking for ``--omp-nthreads`` CPUs and ``--mem`` per job,
+      before the user's own ``sbatch_args`` (sbatch lets the last option win).
+    - Every other plugin gets ``--plugin-args`` unchanged.
+    Values given in ``--plugin-args`` always win over the ones derived here.
+    """
+    plugin = canonical_plugin(config.plugin)
+    user = dict(config.plugin_args or {})
+    if config.nprocs < 1:
+        raise InputError(f"--nprocs {config.nprocs}: must be at least 1.")
+    if config.mem_gb and config.mem_gb < 0:
+        raise InputError(f"--mem {config.mem_gb}: must be a positive number of GB.")
+    if plugin in BATCH_PLUGINS and not config.work_dir:
+        raise InputError(f"--plugin {plugin} submits every step as a batch job: give --work-dir "
+                         "on a file system that the compute nodes share.")
+    if plugin == "MultiProc":
+        n_procs = int(user.get("n_procs", config.nprocs))
+        if n_procs == 1:
+            return "Linear", {}
+        args = {"n_procs": n_procs, "raise_insufficient": False}
+        if config.mem_gb:
+            args["memory_gb"] = float(config.mem_gb)
+        return plugin, {**args, **user}
+    if plugin == "Linear":
+        return plugin, {}
+    if plugin in ("SLURM", "SLURMGraph"):
+        ours = [f"--cpus-per-task={max(1, int(config.omp_nthreads))}"]
+        if config.mem_gb:
+            ours.append(f"--mem={math.ceil(config.mem_gb * 1024)}M")
+        sbatch = " ".join(ours + [str(user.get("sbatch_args", "")).strip()]).strip()
+        return plugin, {**user, "sbatch_args": sbatch}
+    return plugin, user
+
+
+# Environment variables of the caches that are moved into the work folder.
+CACHE_VARIABLES = {
+    "MPLCONFIGDIR": "matplotlib",  # font cache (keras imports matplotlib)
+    "KERAS_HOME": "keras",  # keras.json; else ~/.keras, or /tmp/.keras when $HOME is read-only
+    "CUDA_CACHE_PATH": "cuda",  # the driver's PTX JIT cache, else ~/.nv/ComputeCache
+}
+
+
+def runtime_settings(work_dir, environ):
+    """The variables :func:`runtime_environment` sets (pure; the caller creates folders).
+
+    A variable the user already set is kept. ``TMPDIR`` is moved into the work folder
+    only when it is unset: a scheduler's job-local ``$TMPDIR`` is respected.
+    """
+    base = Path(work_dir)
+    out = {name: str(base / "cache" / sub) for name, sub in CACHE_VARIABLES.items()
+           if not environ.get(name)}
+    if not environ.get("TMPDIR"):
+        out["TMPDIR"] = str(base / "tmp")
+    if not environ.get("MPLBACKEND"):
+        out["MPLBACKEND"] = "Agg"  # headless: no display in containers and batch jobs
+    # the network is TensorFlow code: a user's ~/.keras/keras.json or KERAS_BACKEND
+    # naming another backend must not change it
+    out["KERAS_BACKEND"] = "tensorflow"
+    return out
+
+
+@contextmanager
+def runtime_environment(work_dir=None):
+    """Run the enclosed code with caches and temporary files inside ``work_dir``.
+
+    Without a work folder they go to a private temporary folder removed on exit.
+    Temporary files get a folder of their own (``<work>/tmp/run-*``), removed on
+    exit, so concurrent runs sharing a work folder do not clean up each other's.
+    Child processes (nipype's MultiProc workers) inherit the settings. The
+    previous environment is restored on exit.
+    """
+    private = run_tmp = None
+    try:
+        if not work_dir:
+            private = tempfile.mkdtemp(prefix="deepbleed-runtime-")
+        settings = runtime_settings(work_dir or private, os.environ)
+        if "TMPDIR" in settings:
+            Path(settings["TMPDIR"]).mkdir(parents=True, exist_ok=True)
+            run_tmp = tempfile.mkdtemp(prefix="run-", dir=settings["TMPDIR"])
+            settings["TMPDIR"] = run_tmp
+        for name in CACHE_VARIABLES:
+            if name in settings:
+                Path(settings[name]).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
+        where = f"the work folder {work_dir}" if work_dir else "the temporary folder"
+        raise InputError(f"cannot write to {where} ({err.strerror}: {err.filename}); give --work-dir "
+                         "a writable folder (in a container: a bind-mounted one).") from err
+    saved = {name: os.environ.get(name) for name in settings}
+    saved_tempdir = tempfile.tempdir
+    owner = os.getpid()
+
+    def cleanup():
+        if os.getpid() != owner:  # a forked worker inherits atexit handlers
+            return
+        for path in (run_tmp, private):
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(cleanup)  # also on sys.exit() inside the block
+    os.environ.update(settings)
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        yield settings
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        tempfile.tempdir = saved_tempdir
+        cleanup()
+        atexit.unregister(cleanup)

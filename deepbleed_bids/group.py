@@ -1,0 +1,494 @@
+"""Group level: cohort tables from the participant-level derivatives (nothing is recomputed).
+
+Pure pandas/numpy: the tables. :func:`run_group` writes them, the plots
+(:mod:`deepbleed_bids.reports.plots`) and the HTML summary into ``<output_dir>/group/``.
+
+Scan order within a participant: when every scan of the participant has a date
+and time (``acq_time`` of ``sub-X/sub-X_sessions.tsv``, else
+``AcquisitionDateTime``, else ``AcquisitionDate`` + ``AcquisitionTime`` of the
+source BIDS sidecar) they are ordered by it; otherwise by the natural sort of the
+session labels (ses-2 before ses-10), then the time of day within a session. A
+time of day alone never orders sessions: a follow-up next morning would sort
+before an evening baseline.
+
+Post-treatment scans (for the MISTIE III surgical target): sessions named by
+``--post-treatment-sessions``, else those whose ``post_treatment`` column in
+``sub-X/sub-X_sessions.tsv`` is true (1/true/yes/post). Their reference is the
+last scan before the first post-treatment scan.
+"""
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+MASK_JSON = "*_desc-hemorrhage_mask.json"
+MISTIE_RESIDUAL_ML = 15.0  # MISTIE III surgical target: <= 15 mL end-of-treatment residual ...
+MISTIE_REDUCTION_PCT = 70.0  # ... or >= 70 % reduction
+_TRUE = {"1", "true", "yes", "y", "post", "t"}
+_ENTITY_COLUMNS = {"ses": "session", "acq": "acquisition", "rec": "reconstruction", "run": "run"}
+
+VOLUME_COLUMNS = {
+    "participant_id": "participant (sub-<label>)",
+    "session": "session label (n/a without sessions)",
+    "acquisition": "acq- entity of the source CT",
+    "run": "run- entity of the source CT",
+    "image": "source CT name without suffix: the prefix of every derivative of it",
+    "source": "source CT, relative to the BIDS dataset",
+    "hemorrhage_volume_ml": "network hemorrhage (ICH + IVH) volume, native voxel size (mL)",
+    "brain_volume_ml": "brain mask volume (mL)",
+    "abc2_ml": "automated ABC/2 of the largest hemorrhage component (mL); see deepbleed_bids.qc.abc2",
+    "abc2_a_mm": "A: largest axial diameter on the slice of largest area (mm)",
+    "abc2_b_mm": "B: largest extent perpendicular to A on that slice (mm)",
+    "abc2_c_mm": "C: slices holding the hemorrhage x slice spacing (mm)",
+    "hyperdensity_ml": "classical hyperdensity estimate (mL), independent of the network",
+    "registration_similarity": "correlation of HU with the template after alignment",
+    "qc_pass": "true when no QC flag fired",
+    "qc_flags": "QC flags, ';'-separated (see the report or deepbleed_bids.qc)",
+    "warnings": "warnings of the participant level, ';'-separated",
+    "model": "model name",
+    "model_sha256": "sha256 of the model weights",
+    "date_processed": "when the participant level wrote the outputs",
+}
+
+LONGITUDINAL_COLUMNS = {
+    "scan_order": "1 for the first scan of the participant",
+    "order_by": "acquisition time, or session label when some scan has no date and time",
+    "acq_time": "date and time of the scan when known",
+    "hours_from_first": "hours since the first scan (when every scan has a date and time)",
+    "change_prev_ml": "volume minus the previous scan's (mL)",
+    "change_prev_pct": "that change in percent of the previous volume",
+    "change_first_ml": "volume minus the first scan's (mL)",
+    "change_first_pct": "that change in percent of the first volume",
+    "expansion": "growth from the first scan > expansion_ml or > expansion_pct (pre-treatment scans)",
+    "expansion_prev": "the same criterion against the previous scan",
+    "post_treatment": "scan after surgery",
+    "reference_volume_ml": "post-treatment: the last pre-treatment volume",
+    "reduction_pct": "post-treatment: reduction from that reference (%)",
+    "mistie_target_met": f"post-treatment: residual <= {MISTIE_RESIDUAL_ML:g} mL or reduction >= "
+                         f"{MISTIE_REDUCTION_PCT:g}% (MISTIE III surgical target)",
+}
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _entities(prefix):
+    return dict(part.split("-", 1) for part in prefix.split("_") if "-" in part)
+
+
+def _record(path, out_dir, thresholds):
+    from . import qc as QC
+
+    meta = json.loads(Path(path).read_text())
+    prefix = Path(path).name[: -len("_desc-hemorrhage_mask.json")]
+    ents = _entities(prefix)
+    qcrec = meta.get("QC") or {}
+    metrics = qcrec.get("Metrics") or {}
+    if thresholds and metrics.get("BrainVolume") is not None:
+        flags = QC.flags(metrics, thresholds)  # re-applied to the stored measures
+    else:
+        flags = qcrec.get("Flags") or {}
+    abc = metrics.get("ABC2") or {}
+    raw = next((s[len("bids:raw:"):] for s in meta.get("Sources", []) if s.startswith("bids:raw:")), "")
+    model = meta.get("Model") or {}
+    return {
+        "participant_id": "sub-" + ents.get("sub", ""),
+        "session": ents.get("ses", "n/a"),
+        "acquisition": ents.get("acq", "n/a"),
+        "run": ents.get("run", "n/a"),
+        "image": prefix,
+        "source": raw,
+        "hemorrhage_volume_ml": meta.get("HemorrhageVolume"),
+        "brain_volume_ml": meta.get("BrainVolume"),
+        "abc2_ml": metrics.get("ABC2Volume"),
+        "abc2_a_mm": abc.get("A"),
+        "abc2_b_mm": abc.get("B"),
+        "abc2_c_mm": abc.get("C"),
+        "hyperdensity_ml": metrics.get("HyperdensityVolume"),
+        "registration_similarity": metrics.get("RegistrationSimilarity"),
+        "qc_pass": (not flags) if qcrec else None,
+        "qc_flags": ";".join(flags),
+        "warnings": ";".join(meta.get("Warnings") or []),
+        "model": model.get("Name"),
+        "model_sha256": model.get("WeightsSHA256"),
+        "date_processed": meta.get("DateProcessed"),
+        "report": f"sub-{ents.get('sub', '')}.html",
+        "derivative": str(Path(path).relative_to(out_dir)),
+    }
+
+
+def collect_outputs(out_dir, thresholds=None):
+    """One record per hemorrhage sidecar under ``out_dir``; (DataFrame, problems).
+
+    A sidecar that cannot be read is listed in problems, never fatal.
+    """
+    out_dir = Path(out_dir)
+    rows, problems = [], []
+    for path in sorted(out_dir.glob("sub-*/**/" + MASK_JSON)):
+        if "_space-" in path.name or path.parent.name not in ("ct", "anat"):
+            continue
+        try:
+            rows.append(_record(path, out_dir, thresholds))
+        except (OSError, ValueError, TypeError, AttributeError) as err:
+            problems.append({"file": str(path.relative_to(out_dir)), "problem": f"unreadable sidecar: {err}"})
+    columns = [*VOLUME_COLUMNS, "report", "derivative"]
+    return pd.DataFrame(rows, columns=columns), problems
+
+
+def read_tsv(path):
+    """A BIDS TSV as strings ('n/a' -> missing); None when absent or unreadable."""
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
+def add_participants(df, participants_tsv):
+    """Join participants.tsv columns (by participant_id)."""
+    info = read_tsv(participants_tsv) if participants_tsv else None
+    if info is None or "participant_id" not in info.columns:
+        return df
+    info = info.drop_duplicates("participant_id")
+    info = info.drop(columns=[c for c in info.columns if c in df.columns and c != "participant_id"])
+    return df.merge(info, on="participant_id", how="left")
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def describe(values):
+    """n, mean, SD, median, quartiles, IQR and range of the non-missing values."""
+    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(float)
+    n = len(v)
+    nan = float("nan")
+    q1, med, q3 = np.percentile(v, [25, 50, 75]) if n else (nan, nan, nan)
+    return {"n": n, "mean": float(v.mean()) if n else nan, "sd": float(v.std(ddof=1)) if n > 1 else nan,
+            "median": float(med), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1),
+            "min": float(v.min()) if n else nan, "max": float(v.max()) if n else nan}
+
+
+def first_scans(df):
+    """Each participant's first scan (df must carry scan_order, see :func:`order_scans`)."""
+    return df.sort_values(["participant_id", "scan_order"]).groupby("participant_id").head(1)
+
+
+def volume_summary(df, group_by=(), variables=("hemorrhage_volume_ml", "abc2_ml", "brain_volume_ml")):
+    """Descriptive statistics, overall and per group, for every scan and for first scans only."""
+    rows = []
+    scopes = {"all_scans": df}
+    if "scan_order" in df.columns:
+        scopes["first_scan"] = first_scans(df)
+    for scope, data in scopes.items():
+        for var in variables:
+            if var not in data.columns:
+                continue
+            rows.append({"scope": scope, "group_by": "all", "group": "all", "variable": var,
+                         **describe(data[var])})
+            for column in group_by:
+                keys = data[column].fillna("n/a").astype(str)
+                for key, sub in data.groupby(keys, sort=True):
+                    rows.append({"scope": scope, "group_by": column, "group": key, "variable": var,
+                                 **describe(sub[var])})
+    return pd.DataFrame(rows, columns=["scope", "group_by", "group", "variable", "n", "mean", "sd",
+                                       "median", "q1", "q3", "iqr", "min", "max"])
+
+
+# ---------------------------------------------------------------- time order
+
+
+def natural_key(text):
+    """'ses-10' after 'ses-2': digit runs compare as numbers."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower())
+            for t in re.split(r"(\d+)", str(text)) if t]
+
+
+def _timestamp(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in ("", "n/a"):
+        return None
+    try:
+        ts = pd.Timestamp(str(value))
+    except (ValueError, TypeError):
+        return None
+    return None if pd.isna(ts) else ts
+
+
+def scan_datetime(metadata, session_row=None):
+    """Full date and time of a scan (pandas Timestamp) or None; and its time of day alone."""
+    meta = metadata or {}
+    when = _timestamp((session_row or {}).get("acq_time"))
+    if when is None:
+        when = _timestamp(meta.get("AcquisitionDateTime"))
+    if when is None and meta.get("AcquisitionDate") and meta.get("AcquisitionTime"):
+        when = _timestamp(f"{meta['AcquisitionDate']}T{meta['AcquisitionTime']}")
+    time_of_day = str(meta.get("AcquisitionTime") or "")
+    return when, time_of_day
+
+
+def sessions_tables(bids_dir, subjects):
+    """``{participant_id: DataFrame of sub-X_sessions.tsv}`` (those that exist and parse)."""
+    out = {}
+    for sub in subjects:
+        table = read_tsv(Path(bids_dir) / sub / f"{sub}_sessions.tsv")
+        if table is not None and "session_id" in table.columns:
+            table["session"] = table["session_id"].astype(str).str.replace(r"^ses-", "", regex=True)
+            out[sub] = table.set_index("session")
+    return out
+
+
+def order_scans(df, metadata=None, sessions=None):
+    """Add scan_order, order_by, acq_time and hours_from_first (see the module docstring).
+
+    metadata: ``{source relpath: source sidecar dict}``; sessions: from :func:`sessions_tables`.
+    """
+    metadata, sessions = metadata or {}, sessions or {}
+    df = df.copy()
+    whens, tods = [], []
+    for _, row in df.iterrows():
+        table = sessions.get(row["participant_id"])
+        srow = table.loc[row["session"]].to_dict() if table is not None and row["session"] in table.index else None
+        when, tod = scan_datetime(metadata.get(row["source"]), srow)
+        whens.append(when)
+        tods.append(tod)
+    df["acq_time"] = whens
+    df["_tod"] = tods
+    df["scan_order"] = 0
+    df["order_by"] = ""
+    df["hours_from_first"] = np.nan
+    for sub, idx in df.groupby("participant_id").groups.items():
+        part = df.loc[idx]
+        if part["acq_time"].notna().all():
+            keys = sorted(idx, key=lambda i: (part.at[i, "acq_time"], natural_key(part.at[i, "image"])))
+            first = part["acq_time"].min()
+            df.loc[idx, "hours_from_first"] = [(t - first).total_seconds() / 3600 for t in part["acq_time"]]
+            df.loc[idx, "order_by"] = "acquisition time"
+        else:
+            keys = sorted(idx, key=lambda i: (natural_key(part.at[i, "session"]), part.at[i, "_tod"],
+                                              natural_key(part.at[i, "run"]), natural_key(part.at[i, "image"])))
+            df.loc[idx, "order_by"] = "session label"
+        for order, i in enumerate(keys, 1):
+            df.at[i, "scan_order"] = order
+    df["acq_time"] = [t.isoformat() if t is not None else None for t in df["acq_time"]]
+    return df.drop(columns="_tod").sort_values(["participant_id", "scan_order"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- change over time
+
+
+def is_post_treatment(row, post_sessions=(), sessions=None):
+    """True when the scan's session is named post-treatment (option, else sessions.tsv)."""
+    post_sessions = {str(s).removeprefix("ses-") for s in post_sessions}
+    if post_sessions:
+        return str(row["session"]) in post_sessions
+    table = (sessions or {}).get(row["participant_id"])
+    if table is None or "post_treatment" not in table.columns or row["session"] not in table.index:
+        return False
+    return str(table.at[row["session"], "post_treatment"]).strip().lower() in _TRUE
+
+
+def _pct(change, base):
+    return 100.0 * change / base if base and base > 0 else float("nan")
+
+
+def longitudinal(df, expansion_ml=6.0, expansion_pct=33.0, post_sessions=(), sessions=None):
+    """Change table of every participant with two or more scans (df from :func:`order_scans`)."""
+    rows = []
+    for _, part in df.groupby("participant_id", sort=True):
+        if len(part) < 2:
+            continue
+        part = part.sort_values("scan_order")
+        post = [is_post_treatment(r, post_sessions, sessions) for _, r in part.iterrows()]
+        vols = part["hemorrhage_volume_ml"].astype(float).to_numpy()
+        first_post = next((k for k, p in enumerate(post) if p), None)
+        reference = vols[first_post - 1] if first_post else float("nan")
+        for k, (_, r) in enumerate(part.iterrows()):
+            v, first = vols[k], vols[0]
+            prev = vols[k - 1] if k else float("nan")
+            d_first, d_prev = v - first, v - prev
+            row = {c: r[c] for c in ("participant_id", "session", "acquisition", "run", "image",
+                                     "scan_order", "order_by", "acq_time", "hours_from_first")}
+            row.update(hemorrhage_volume_ml=v,
+                       change_prev_ml=d_prev, change_prev_pct=_pct(d_prev, prev),
+                       change_first_ml=d_first, change_first_pct=_pct(d_first, first),
+                       post_treatment=post[k])
+            grows = lambda d, base: bool(d > expansion_ml or _pct(d, base) > expansion_pct)  # noqa: E731
+            row["expansion"] = grows(d_first, first) if k and not post[k] else None
+            row["expansion_prev"] = grows(d_prev, prev) if k else None
+            if post[k]:
+                red = _pct(reference - v, reference) if reference == reference else float("nan")
+                met = v <= MISTIE_RESIDUAL_ML or (red == red and red >= MISTIE_REDUCTION_PCT)
+                row.update(reference_volume_ml=reference, reduction_pct=red,
+                           mistie_target_met=True if met else (False if red == red else None))
+            else:
+                row.update(reference_volume_ml=float("nan"), reduction_pct=float("nan"), mistie_target_met=None)
+            row["qc_flags"] = r.get("qc_flags", "")
+            rows.append(row)
+    columns = ["participant_id", "session", "acquisition", "run", "image", "scan_order", "order_by",
+               "acq_time", "hours_from_first", "hemorrhage_volume_ml", "change_prev_ml", "change_prev_pct",
+               "change_first_ml", "change_first_pct", "expansion", "expansion_prev", "post_treatment",
+               "reference_volume_ml", "reduction_pct", "mistie_target_met", "qc_flags"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------- completeness
+
+
+def missing_outputs(expected, df):
+    """Expected source images (relpaths) without outputs, as a DataFrame with a reason."""
+    done = set(df["source"]) if len(df) else set()
+    have_subject = set(df["participant_id"]) if len(df) else set()
+    rows = []
+    for relpath in expected:
+        if relpath in done:
+            continue
+        sub = Path(relpath).parts[0]
+        rows.append({"participant_id": sub, "source": relpath,
+                     "reason": "no outputs for this image" if sub in have_subject
+                     else "no outputs for this participant"})
+    return pd.DataFrame(rows, columns=["participant_id", "source", "reason"])
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_tsv(df, path, descriptions=None):
+    """Atomic TSV ('n/a' for missing) and, given descriptions, its JSON data dictionary."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+    os.replace(tmp, path)
+    if descriptions:
+        from .bids import write_json_atomic
+
+        write_json_atomic({c: {"Description": descriptions[c]} for c in df.columns if c in descriptions},
+                          path.with_suffix(".json"))
+    return path
+
+
+def clean_json(value):
+    """JSON-safe: NaN -> None, numpy/pandas scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+# ---------------------------------------------------------------- the group level
+
+
+def _expected_images(config, problems):
+    """Source CT images the participant level would process, and their sidecars."""
+    from .bids import collect_ct
+    from .kernels import select_series
+
+    try:
+        images = collect_ct(config.bids_dir, config.participant_label, config.session_label,
+                            config.bids_filters)
+    except InputError as err:
+        problems.append({"file": str(config.bids_dir), "problem": str(err)})
+        return [], {}
+    images, _ = select_series(images, config.kernels)
+    return [i["relpath"] for i in images], {i["relpath"]: i.get("metadata", {}) for i in images}
+
+
+def run_group(config, log=print):
+    """Write every group output into ``<output_dir>/group``; returns a dict of what was written."""
+    from . import qc as QC
+    from .bids import strip_label, write_json_atomic
+    from .reports import plots as P
+    from .reports.summary import write_group_report
+
+    out_dir = Path(config.output_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir}: no such folder; run the participant level first.")
+    try:
+        QC.check_thresholds(config.qc_thresholds)
+    except ValueError as err:
+        raise InputError(f"--qc-thresholds: {err}") from err
+    df, problems = collect_outputs(out_dir, config.qc_thresholds)
+    if config.participant_label:
+        wanted = {"sub-" + strip_label(p, "sub-") for p in config.participant_label}
+        df = df[df["participant_id"].isin(wanted)]
+    if config.session_label:
+        df = df[df["session"].isin({strip_label(s, "ses-") for s in config.session_label})]
+    expected, metadata = _expected_images(config, problems)
+    missing = missing_outputs(expected, df)
+    if df.empty:
+        raise InputError(f"nothing to summarise: no hemorrhage outputs (*{MASK_JSON[1:]}) under {out_dir}"
+                         + (f"; {len(missing)} CT image(s) of the dataset have none" if len(missing) else "")
+                         + ". Run the participant level first.")
+    sessions = sessions_tables(config.bids_dir, sorted(df["participant_id"].unique()))
+    df = order_scans(df, metadata, sessions)
+    df = add_participants(df, Path(config.bids_dir) / "participants.tsv")
+    unknown = [c for c in config.group_by if c not in df.columns]
+    if unknown:
+        raise InputError(f"--group-by {' '.join(unknown)}: no such column in participants.tsv or the volume "
+                         f"table; available: {', '.join(c for c in df.columns if c not in ('report', 'derivative'))}.")
+    gdir = out_dir / "group"
+    gdir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    volumes = df.drop(columns=["report", "derivative"])
+    files["volumes"] = write_tsv(volumes, gdir / "volumes.tsv", {**VOLUME_COLUMNS, **LONGITUDINAL_COLUMNS})
+    summary = volume_summary(df, config.group_by)
+    files["summary"] = write_tsv(summary, gdir / "summary.tsv")
+    long = longitudinal(df, config.expansion_ml, config.expansion_pct, config.post_treatment_sessions, sessions)
+    if len(long):
+        files["longitudinal"] = write_tsv(long, gdir / "longitudinal.tsv",
+                                          {**VOLUME_COLUMNS, **LONGITUDINAL_COLUMNS})
+    files["missing"] = write_tsv(missing, gdir / "missing.tsv")
+    agreement = None
+    if config.reference_masks:
+        agreement = _agreement(config, out_dir, gdir, problems, log)
+    figures = P.group_figures(df, long, config.group_by, gdir, agreement, log=log)
+    result = clean_json({
+        "n_images": int(len(df)), "n_participants": int(df["participant_id"].nunique()),
+        "n_missing_images": int(len(missing)),
+        "missing_participants": sorted(set(missing["participant_id"]) - set(df["participant_id"])),
+        "summary": summary.to_dict(orient="records"),
+        "longitudinal": {
+            "participants": int(long["participant_id"].nunique()) if len(long) else 0,
+            "expansion_ml": config.expansion_ml, "expansion_pct": config.expansion_pct,
+            "post_treatment": (f"sessions {config.post_treatment_sessions}" if config.post_treatment_sessions
+                               else "the post_treatment column of sub-X/sub-X_sessions.tsv"),
+            "mistie_target": {"residual_ml": MISTIE_RESIDUAL_ML, "reduction_pct": MISTIE_REDUCTION_PCT},
+            "n_expansion": int((long["expansion"] == True).sum()) if len(long) else 0,  # noqa: E712
+        },
+        "qc": {"thresholds": {**QC.THRESHOLDS, **config.qc_thresholds},
+               "n_flagged": int((df["qc_flags"].fillna("") != "").sum())},
+        "agreement": agreement,
+        "problems": problems,
+        "files": {k: str(Path(v).relative_to(out_dir)) for k, v in files.items()},
+        "figures": {k: [str(Path(p).relative_to(out_dir)) for p in v] for k, v in figures.items()},
+    })
+    write_json_atomic(result, gdir / "summary.json")
+    write_group_report(gdir / "index.html", df, summary, long, missing, result, figures, config)
+    log(f"group: {len(df)} image(s) of {result['n_participants']} participant(s) summarised in {gdir}")
+    if len(missing):
+        log(f"group: {len(missing)} CT image(s) without outputs (see {gdir / 'missing.tsv'})")
+    for p in problems:
+        log(f"group: {p['file']}: {p['problem']}")
+    return result
+
+
+def _agreement(config, out_dir, gdir, problems, log):
+    """The paper's agreement tables against --reference-masks (deepbleed_bids.evaluation)."""
+    from .evaluation import evaluate
+
+    try:
+        result = evaluate(out_dir, config.reference_masks, gdir / "agreement",
+                          participants=None, group_by=config.group_by)
+    except InputError as err:
+        problems.append({"file": str(config.reference_masks), "problem": str(err)})
+        log(f"group: agreement not computed: {err}")
+        return None
+    return result

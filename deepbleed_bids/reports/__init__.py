@@ -1,0 +1,1 @@
+"""HTML reports and figures: per participant (fMRIPrep-like) and for the group."""

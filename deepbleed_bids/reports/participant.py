@@ -1,0 +1,191 @@
+"""One self-contained HTML report per participant (``<output_dir>/sub-X.html``), fMRIPrep-style.
+
+Built from the written derivatives only, so it can be (re)made at any time: every
+CT of the participant with outputs on disk gets a section; CT images that failed
+or were skipped in this run get one saying why. Figures are embedded (base64
+PNG): the file can be sent to a reader on its own.
+"""
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import bids as B
+from . import html as H
+
+QC_TEXT = "QC flags: automatic checks that ask a reader to look, not verdicts"
+
+
+def _relpath_of(sidecar_path, meta, out_dir):
+    raw = next((s[len("bids:raw:"):] for s in meta.get("Sources", []) if s.startswith("bids:raw:")), None)
+    if raw:
+        return raw
+    rel = Path(sidecar_path).relative_to(out_dir)
+    return str(rel.parent / (rel.name.replace("_desc-hemorrhage_mask.json", "_ct.nii.gz")))
+
+
+def participant_entries(out_dir, subject, failures=(), skipped=()):
+    """``{source relpath: {"sidecar": path|None, "status": ..., "reason": ...}}`` for one participant."""
+    out_dir = Path(out_dir)
+    sub = "sub-" + B.strip_label(subject, "sub-")
+    entries = {}
+    for path in sorted((out_dir / sub).glob("**/*_desc-hemorrhage_mask.json")):
+        if "_space-" in path.name or path.parent.name not in ("ct", "anat"):
+            continue
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            entries[str(path.relative_to(out_dir))] = {"sidecar": None, "status": "failed",
+                                                       "reason": f"unreadable sidecar {path.name}: {err}"}
+            continue
+        entries[_relpath_of(path, meta, out_dir)] = {"sidecar": path, "meta": meta, "status": "ok", "reason": ""}
+    for status, items in (("failed", failures), ("skipped", skipped)):
+        for relpath, reason in items:
+            if Path(relpath).parts[0] != sub:
+                continue
+            entry = entries.setdefault(relpath, {"sidecar": None, "meta": None})
+            entry.update(status=status, reason=reason)
+    return dict(sorted(entries.items()))
+
+
+def _figures(out_dir, bids_dir, relpath, meta):
+    """(html, notes) with the mosaics and the alignment check of one CT."""
+    import nibabel as nib
+
+    from .. import qc as QC
+    from ..derivatives import plan_outputs
+    from . import figures as F
+
+    files = plan_outputs(out_dir, relpath)
+    parts, notes = [], []
+    source = Path(bids_dir) / relpath if bids_dir else None
+    if source is not None and source.is_file():
+        ct_img = nib.load(str(source))
+        ct, zooms = F.canonical(ct_img)
+        brain, _ = F.canonical(nib.load(str(files["brain_mask"])))
+        bleed, _ = F.canonical(nib.load(str(files["hemorrhage_mask"])))
+        abc = QC.abc2(bleed > 0, nib.as_closest_canonical(ct_img).affine)
+        parts.append("<h3>Native space: whole brain</h3><p class='legend'>axial, radiological (R on the left), "
+                     "0-80 HU<span style='background:#00d5ff'></span>brain mask"
+                     "<span style='background:#ff2a2a'></span>hemorrhage</p>")
+        parts.append(H.embedded_png(F.overview_mosaic(ct, brain, bleed, zooms), f"{relpath} overview"))
+        detail = F.detail_mosaic(ct, brain, bleed, zooms, abc)
+        if detail is not None:
+            parts.append("<h3>Native space: every hemorrhage slice</h3><p class='legend'>outline only, so the "
+                         "density under the edge shows<span style='background:#7CFC00'></span>A"
+                         "<span style='background:#ffa500'></span>B (ABC/2, slice of largest area)</p>")
+            parts.append(H.embedded_png(detail, f"{relpath} hemorrhage slices"))
+        else:
+            parts.append("<p>No hemorrhage segmented.</p>")
+    else:
+        notes.append(f"source CT {relpath} not found in the BIDS dataset: native-space figures omitted")
+    template = Path((meta.get("Template") or {}).get("Path") or "")
+    if template.is_file() and Path(files["preproc_template"]).is_file():
+        parts.append("<h3>Alignment to the DeepBleed template</h3><p class='legend'>the network input "
+                     "(registered brain) with the template's<span style='background:#ffd000'></span>brain edge"
+                     "<span style='background:#ff4fd8'></span>CSF edges</p>")
+        parts.append(H.embedded_png(F.alignment_figure(nib.load(str(files["preproc_template"])),
+                                                       nib.load(str(template))), f"{relpath} alignment"))
+    else:
+        notes.append("template or registered image not found: alignment check omitted")
+    return "\n".join(parts), notes
+
+
+def _summary(meta):
+    qc = meta.get("QC") or {}
+    m = qc.get("Metrics") or {}
+    abc = m.get("ABC2") or {}
+    flags = qc.get("Flags") or {}
+    status = ("<span class='ok'>no flags</span>" if qc and not flags else
+              f"<span class='bad'>{len(flags)} flag(s)</span>" if flags else "not computed")
+    return H.kv_table([
+        ("Hemorrhage volume (network)", H.fmt(meta.get("HemorrhageVolume"), 2, " mL")),
+        ("ABC/2", H.fmt(m.get("ABC2Volume"), 1, " mL") + (
+            f" (A {H.fmt(abc.get('A'), 0)} x B {H.fmt(abc.get('B'), 0)} x C {H.fmt(abc.get('C'), 0)} mm / 2)"
+            if abc.get("A") else "")),
+        ("Hyperdensity estimate (classical)", H.fmt(m.get("HyperdensityVolume"), 1, " mL")),
+        ("Brain volume", H.fmt(meta.get("BrainVolume"), 0, " mL")),
+        ("Registration similarity / brain overlap",
+         f"{H.fmt(m.get('RegistrationSimilarity'), 2)} / {H.fmt(m.get('TemplateOverlap'), 2)}"),
+        ("Quality control", status),
+    ])
+
+
+def _provenance(meta, out_dir, relpath):
+    from ..derivatives import plan_outputs
+
+    model = meta.get("Model") or {}
+    tpl = meta.get("Template") or {}
+    files = plan_outputs(out_dir, relpath)
+    links = " ".join(f'<a href="{H.esc(Path(p).relative_to(out_dir))}">{H.esc(k)}</a>'
+                     for k, p in files.items() if Path(p).exists())
+    rows = [("Model", f"{H.esc(model.get('Name'))} ({H.esc(model.get('Format'))}, license "
+                      f"{H.esc(model.get('License') or 'n/a')})"),
+            ("Weights sha256", f"<code>{H.esc(model.get('WeightsSHA256'))}</code>"),
+            ("Template", f"{H.esc(tpl.get('Name'))} <code>{H.esc(tpl.get('SHA256'))}</code>"),
+            ("Parameters", f"<code>{H.esc(json.dumps(meta.get('Parameters', {})))}</code>"),
+            ("Software", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("SoftwareVersions") or {}).items()))),
+            ("Timings (s)", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("Timings") or {}).items()))),
+            ("Processed", H.esc(meta.get("DateProcessed"))),
+            ("Files", links)]
+    return "<details open><summary>Provenance</summary>" + H.kv_table(rows) + "</details>"
+
+
+def _section(out_dir, bids_dir, relpath, entry):
+    anchor = B.source_prefix(relpath)
+    meta, status = entry.get("meta"), entry["status"]
+    badge = {"ok": "<span class='ok'>processed</span>", "failed": "<span class='bad'>FAILED</span>",
+             "skipped": "<span class='warn'>skipped</span>"}[status]
+    out = [f"<h2 id='{H.esc(anchor)}'>{H.esc(relpath)} {badge}</h2>"]
+    if status != "ok":
+        out.append(f"<div class='flag'>{H.esc(entry.get('reason'))}</div>")
+        logs = sorted((Path(out_dir) / Path(relpath).parts[0] / "log").glob("crash-*"))
+        if status == "failed" and logs:
+            out.append("<p>Crash logs: " + " ".join(
+                f"<a href='{H.esc(p.relative_to(out_dir))}'>{H.esc(p.name)}</a>" for p in logs) + "</p>")
+        if meta:
+            out.append(f"<div class='note'>The outputs below are from an earlier run "
+                       f"({H.esc(meta.get('DateProcessed'))}).</div>")
+    if not meta:
+        return "\n".join(out)
+    out.append(_summary(meta))
+    qc = meta.get("QC") or {}
+    for name, why in (qc.get("Flags") or {}).items():
+        out.append(f"<div class='flag'><b>{H.esc(name)}</b>: {H.esc(why)}</div>")
+    for warning in meta.get("Warnings") or []:
+        out.append(f"<div class='note'>warning: {H.esc(warning)}</div>")
+    try:
+        figs, notes = _figures(out_dir, bids_dir, relpath, meta)
+    except Exception as err:  # noqa: BLE001  a broken file must not cost the other images their report
+        figs, notes = "", [f"figures could not be made: {err}"]
+    out += [f"<div class='note'>{H.esc(n)}</div>" for n in notes]
+    out.append(figs)
+    out.append(_provenance(meta, Path(out_dir), relpath))
+    return "\n".join(out)
+
+
+def write_participant_report(out_dir, bids_dir, subject, failures=(), skipped=()):
+    """Write ``<out_dir>/sub-X.html``; returns its path (None when the participant has nothing)."""
+    out_dir = Path(out_dir)
+    sub = "sub-" + B.strip_label(subject, "sub-")
+    entries = participant_entries(out_dir, sub, failures, skipped)
+    if not entries:
+        return None
+    sections, nav = [], [("summary", "Summary")]
+    rows = []
+    for relpath, entry in entries.items():
+        anchor = B.source_prefix(relpath)
+        nav.append((anchor, anchor.replace(sub + "_", "") or anchor))
+        meta = entry.get("meta") or {}
+        flags = (meta.get("QC") or {}).get("Flags") or {}
+        rows.append([f"<a href='#{H.esc(anchor)}'>{H.esc(relpath)}</a>", H.esc(entry["status"]),
+                     H.fmt(meta.get("HemorrhageVolume"), 2) if meta else "n/a",
+                     H.fmt(((meta.get("QC") or {}).get("Metrics") or {}).get("ABC2Volume"), 1) if meta else "n/a",
+                     "<span class='bad'>" + H.esc(", ".join(flags)) + "</span>" if flags else
+                     ("<span class='ok'>none</span>" if meta.get("QC") else "n/a")])
+        sections.append(_section(out_dir, bids_dir, relpath, entry))
+    head = (f"<h1 id='summary'>deepbleed-bids report: {H.esc(sub)}</h1>"
+            f"<p>Intracerebral hemorrhage (ICH + IVH) segmented with the DeepBleed VNet. {QC_TEXT}. "
+            f"Not for clinical use. Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>"
+            + H.table(rows, ["CT", "status", "hemorrhage (mL)", "ABC/2 (mL)", "QC flags"]))
+    return H.write_atomic(H.page(f"{sub} - deepbleed-bids", nav, head + "\n".join(sections)),
+                          out_dir / f"{sub}.html")

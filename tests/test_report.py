@@ -1,0 +1,92 @@
+"""Report figures and pages (deepbleed_bids.reports) on the real head, without the network."""
+from html.parser import HTMLParser
+from io import BytesIO
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepbleed_bids import qc
+from deepbleed_bids.brain import extract_brain
+from deepbleed_bids.ct import clamp_hu
+from deepbleed_bids.reports import figures as F
+from deepbleed_bids.reports.participant import write_participant_report
+from deepbleed_bids.synth import insert_hematoma
+
+
+@pytest.fixture(scope="module")
+def head(ge_head):
+    img = nib.load(ge_head)
+    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    brain = extract_brain(clamp_hu(np.asanyarray(img.dataobj)), img.affine)
+    return img, brain
+
+
+def _rgb(png):
+    with Image.open(BytesIO(png)) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def _red(rgb):
+    return (rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+
+
+def test_mosaic_is_radiological_and_shows_the_lesion(head):
+    """A bleed in the patient's right hemisphere appears on the left of the panel."""
+    img, brain = head
+    ras = nib.as_closest_canonical(img)
+    bleed, truth, info = insert_hematoma(img, brain, 15.0, np.random.default_rng(2), "deep")
+    ct, zooms = F.canonical(bleed)
+    b, _ = F.canonical(nib.Nifti1Image(brain.astype(np.uint8), img.affine))
+    h, _ = F.canonical(nib.Nifti1Image(truth.astype(np.uint8), img.affine))
+    right = (ras.affine @ [*np.argwhere(h).mean(0), 1])[0] > (ras.affine @ [*np.argwhere(b).mean(0), 1])[0]
+    k = int(np.argmax(h.sum((0, 1))))
+    one = np.zeros_like(h)
+    one[:, :, k] = h[:, :, k]
+    only = np.zeros_like(b)
+    only[:, :, k] = b[:, :, k]  # the mosaic spans the brain: keep one slice, the lesion's
+    rgb = _rgb(F.overview_mosaic(ct, only, one, zooms, n=1, cols=1))
+    cols = np.nonzero(_red(rgb))[1]
+    assert cols.size > 50
+    assert (cols.mean() < rgb.shape[1] / 2) == right  # radiological: patient's right on the left
+    # the detail mosaic exists and draws the ABC/2 diameters on the slice of largest area
+    abc = qc.abc2(h > 0, ras.affine)
+    assert abc["slice"] == k
+    detail = _rgb(F.detail_mosaic(ct, b, h, zooms, abc))
+    green = (detail[..., 1] > 200) & (detail[..., 0] < 160) & (detail[..., 2] < 100)
+    assert green.sum() > 20  # the A line
+    assert F.detail_mosaic(ct, b, np.zeros_like(h), zooms) is None
+
+
+def test_alignment_figure_renders(template_path, head):
+    tpl = nib.load(template_path)
+    rgb = _rgb(F.alignment_figure(tpl, tpl))  # the template on itself: edges sit on its brain
+    yellow = (rgb[..., 0] > 200) & (rgb[..., 1] > 170) & (rgb[..., 2] < 80)
+    assert yellow.sum() > 500 and rgb.shape[0] > 300
+
+
+class _Ids(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.text = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        self.ids.update(v for k, v in attrs if k == "id")
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_of_a_participant_whose_images_all_failed(tmp_path):
+    failures = [("sub-07/ses-1/ct/sub-07_ses-1_ct.nii.gz", "not a 3D volume (shape (512, 512, 1))"),
+                ("sub-08/ct/sub-08_ct.nii.gz", "someone else's")]
+    skipped = [("sub-07/ses-1/ct/sub-07_ses-1_acq-bone_ct.nii.gz", "bone kernel")]
+    path = write_participant_report(tmp_path, None, "07", failures, skipped)
+    page = _Ids()
+    page.feed(path.read_text())
+    text = " ".join(page.text)
+    assert {"sub-07_ses-1", "sub-07_ses-1_acq-bone"} <= page.ids
+    assert "FAILED" in text and "not a 3D volume" in text and "skipped" in text
+    assert "someone else" not in text
+    assert write_participant_report(tmp_path, None, "09") is None  # nothing known: no page
