@@ -6,11 +6,11 @@ or under ``anat/`` with suffix ``ct`` or ``CT``.
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from . import __packagename__, __url__, __version__
 from .errors import InputError
+from .utils import write_json_atomic
 
 CT_SUFFIXES = ["ct", "CT"]
 NIFTI = [".nii", ".nii.gz"]
@@ -108,17 +108,6 @@ def image_id(relpath):
     return re.sub(r"[^a-zA-Z0-9]", "_", source_prefix(relpath))
 
 
-def write_json_atomic(data, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fobj:
-        json.dump(data, fobj, indent=2, sort_keys=False, default=str)
-        fobj.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
 def dataset_description(bids_dir):
     desc = {
         "Name": "deepbleed-bids: intracerebral hemorrhage segmentation",
@@ -136,29 +125,9 @@ def dataset_description(bids_dir):
 
 
 def write_dataset_description(out_dir, bids_dir):
-    """Create ``dataset_description.json`` once; safe when several jobs start together.
-
-    The file is written to a temporary name and hard-linked into place, which
-    fails (instead of clobbering) when another job got there first.
-    """
+    """Create ``dataset_description.json`` once; safe when several jobs start together
+    (the first writer wins, nobody clobbers)."""
     target = Path(out_dir) / "dataset_description.json"
-    if target.exists():
-        return target
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".dataset_description.", dir=out_dir)
-    with os.fdopen(fd, "w") as fobj:
-        json.dump(dataset_description(bids_dir), fobj, indent=2)
-        fobj.write("\n")
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        pass
-    except OSError:  # file systems without hard links: fall back to an exclusive create
-        try:
-            with open(target, "x") as fobj:
-                fobj.write(Path(tmp).read_text())
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
+    if not target.exists():
+        write_json_atomic(dataset_description(bids_dir), target, clobber=False)
     return target

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import __url__, __version__
 from .errors import DeepBleedError, InputError
+from .utils import write_text_atomic
 
 BIDS_VERSION = "1.10.0"
 MIN_SLICES = 8  # as deepbleed_bids.ct: fewer slices is a scout or single slice, not a head volume
@@ -634,24 +635,7 @@ def bids_name(participant, session, acq, run=None):
 
 
 def _atomic_write(path, text, clobber=True):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fobj:
-        fobj.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: keep the dataset readable like other files
-    if clobber:
-        os.replace(tmp, path)
-        return True
-    try:
-        os.link(tmp, path)  # fails if a file appeared meanwhile: never overwrite
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return write_text_atomic(text, path, clobber=clobber)
 
 
 def _check_destination(bids_dir, participant, session):

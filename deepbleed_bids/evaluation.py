@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from . import metrics as M
-from .bids import write_json_atomic
+from .utils import write_json_atomic
 from .errors import InputError
 
 MASK_GLOB = "sub-*/**/*_desc-hemorrhage_mask.nii*"

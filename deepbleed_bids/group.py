@@ -363,7 +363,7 @@ def write_tsv(df, path, descriptions=None):
     df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     os.replace(tmp, path)
     if descriptions:
-        from .bids import write_json_atomic
+        from .utils import write_json_atomic
 
         write_json_atomic({c: {"Description": descriptions[c]} for c in df.columns if c in descriptions},
                           path.with_suffix(".json"))
@@ -404,7 +404,8 @@ def _expected_images(config, problems):
 def run_group(config, log=print):
     """Write every group output into ``<output_dir>/group``; returns a dict of what was written."""
     from . import qc as QC
-    from .bids import strip_label, write_json_atomic
+    from .bids import strip_label
+    from .utils import write_json_atomic
     from .reports import plots as P
     from .reports.summary import write_group_report
 

@@ -1,10 +1,10 @@
 """NIfTI helpers that keep a reference image's geometry exactly."""
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from .utils import atomic_path
 
 
 _GEOMETRY = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
@@ -34,15 +34,6 @@ def voxel_volume_ml(img):
 
 def save_atomic(img, path):
     """Write ``img`` so that ``path`` either does not exist or is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 
 from . import synth
-from .bids import derivative_path, write_json_atomic
+from .bids import derivative_path
+from .utils import write_json_atomic
 from .errors import InputError
 from .nifti import like, save_atomic
 

@@ -1,9 +1,9 @@
 """Small HTML helpers shared by the reports: escaping, tables, embedded images, the page."""
 import base64
 import html
-import os
-import tempfile
 from pathlib import Path
+
+from ..utils import write_text_atomic
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -64,13 +64,5 @@ def page(title, nav, body):
 
 
 def write_atomic(text, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fobj:
-        fobj.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is for others to read
-    os.replace(tmp, path)
-    return path
+    write_text_atomic(text, path)
+    return Path(path)

@@ -7,7 +7,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..bids import write_json_atomic
+from ..utils import write_json_atomic
 from ..model.weights import sha256_file
 
 DEFAULT_LICENSE = "same terms as your training data; the code is Apache-2.0"

@@ -27,7 +27,7 @@ def write_split(cases, train_ids, val_ids, out_dir, seed, val_fraction):
     """split.tsv (one row per scan) and split.json (participants per set); returns the JSON content."""
     import pandas as pd
 
-    from ..bids import write_json_atomic
+    from ..utils import write_json_atomic
 
     rows = [{"participant_id": "sub-" + c["meta"]["subject"], "scan": c["meta"]["relpath"],
              "set": "validation" if c["meta"]["subject"] in val_ids else "training"} for c in cases]
