@@ -111,7 +111,7 @@ def test_outputs_keep_geometry_and_carry_provenance(case, stem, folder, source, 
     assert meta["Model"]["WeightsSHA256"] == sha256_file(case["model"])
     assert meta["Template"]["SHA256"] == TEMPLATE["sha256"]
     assert meta["Parameters"]["NetworkInputInterpolation"] == "nearestNeighbor"
-    assert set(meta["Timings"]) >= {"registration", "vnet_forward", "to_native"}
+    assert set(meta["Timings"]) >= {"brain_extraction", "registration", "vnet_forward", "to_native"}
     assert {"tensorflow", "nipype", "antspyx", "pybids"} <= set(meta["SoftwareVersions"])
     # the network input: raw HU, 0 outside the brain, on the template grid
     net_in = np.asanyarray(nib.load(files["space-DeepBleedCT_desc-preproc_ct"]).dataobj)

@@ -1,4 +1,6 @@
 """Nipype interfaces: CT brain extraction and brain masking on the input's own grid."""
+import time
+
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 
@@ -6,6 +8,7 @@ class _MaskOutputSpec(TraitedSpec):
     out_mask = File(exists=True, desc="brain mask, uint8 0/1, input geometry")
     out_file = File(exists=True, desc="CT with every voxel outside the brain set to 0")
     brain_volume_ml = traits.Float(desc="brain volume from the native voxel size")
+    elapsed = traits.Float(desc="seconds spent in this step (FSL's own steps not included)")
 
 
 class _NativeBrainExtractionInputSpec(BaseInterfaceInputSpec):
@@ -25,12 +28,14 @@ class NativeBrainExtraction(SimpleInterface):
         from ..brain import extract_brain
         from ..errors import InputError
 
+        start = time.perf_counter()
         img = nib.load(self.inputs.in_file)
         try:
             mask = extract_brain(np.asanyarray(img.dataobj), img.affine)
         except InputError as err:
             raise InputError(f"{self.inputs.in_file}: {err}") from err
-        self._results.update(_write_outputs(img, mask, self.inputs.in_file, runtime.cwd))
+        self._results.update(_write_outputs(img, mask, self.inputs.in_file, runtime.cwd),
+                             elapsed=time.perf_counter() - start)
         return runtime
 
 
@@ -51,6 +56,7 @@ class ApplyBrainMask(SimpleInterface):
 
         from ..errors import InputError
 
+        start = time.perf_counter()
         img = nib.load(self.inputs.in_file)
         mask_img = nib.load(self.inputs.in_mask)
         if mask_img.shape[:3] != img.shape[:3] or not np.allclose(mask_img.affine, img.affine, atol=1e-3):
@@ -59,7 +65,8 @@ class ApplyBrainMask(SimpleInterface):
                 f"{self.inputs.in_file} {img.shape}; the mask must be computed on the CT itself."
             )
         mask = np.asanyarray(mask_img.dataobj).reshape(img.shape) > 0
-        self._results.update(_write_outputs(img, mask, self.inputs.in_file, runtime.cwd))
+        self._results.update(_write_outputs(img, mask, self.inputs.in_file, runtime.cwd),
+                             elapsed=time.perf_counter() - start)
         return runtime
 
 

@@ -24,15 +24,15 @@ def init_brain_extraction_wf(method="native", omp_nthreads=1, name="brain_extrac
         )
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["out_mask", "out_file", "brain_volume_ml"]),
-                         name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(
+        fields=["out_mask", "out_file", "brain_volume_ml", "elapsed"]), name="outputnode")
     if method == "native":
         strip = pe.Node(NativeBrainExtraction(), name="native_brain", mem_gb=1.0)
         wf.connect(inputnode, "in_file", strip, "in_file")
     else:
         strip = _connect_fsl(wf, inputnode)
     wf.connect([(strip, outputnode, [("out_mask", "out_mask"), ("out_file", "out_file"),
-                                     ("brain_volume_ml", "brain_volume_ml")])])
+                                     ("brain_volume_ml", "brain_volume_ml"), ("elapsed", "elapsed")])])
     return wf
 
 

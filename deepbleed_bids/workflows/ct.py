@@ -9,9 +9,9 @@ from ..interfaces.segment import VNetSegment
 from .preproc import init_preproc_wf
 
 
-def _timings(clamp, register, segment, forward, native):
-    return {"clamp": clamp, "registration": register, "segmentation": segment,
-            "vnet_forward": forward, "to_native": native}
+def _timings(clamp, brain, register, segment, forward, native):
+    return {"clamp": clamp, "brain_extraction": brain, "registration": register,
+            "segmentation": segment, "vnet_forward": forward, "to_native": native}
 
 
 def init_ct_wf(config, source, name=None):
@@ -39,7 +39,8 @@ def init_ct_wf(config, source, name=None):
         (preproc, segment, [(po + "template_ct", "in_file")]),
         (segment, native, [("out_probseg", "in_probseg")]),
         (preproc, native, [(po + "clamped", "reference"), (po + "transform", "transform")]),
-        (preproc, timings, [(po + "clamp_s", "clamp"), (po + "register_s", "register")]),
+        (preproc, timings, [(po + "clamp_s", "clamp"), (po + "brain_s", "brain"),
+                                (po + "register_s", "register")]),
         (segment, timings, [("elapsed", "segment"), ("forward_s", "forward")]),
         (native, timings, [("elapsed", "native")]),
         (preproc, sink, [(po + "brain_mask", "brain_mask"), (po + "brain_volume_ml", "brain_volume_ml"),

@@ -15,7 +15,7 @@ def init_preproc_wf(in_file, template, brain_extraction="native", seed=1, omp_nt
     wf = pe.Workflow(name=name)
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "clamped", "brain_mask", "brain_volume_ml", "template_ct", "transform", "similarity",
-        "clamp_s", "register_s"]), name="outputnode")
+        "clamp_s", "brain_s", "register_s"]), name="outputnode")
     clamp = pe.Node(ClampCT(in_file=in_file), name="clamp")
     brain_wf = init_brain_extraction_wf(method=brain_extraction, omp_nthreads=omp_nthreads)
     # One ITK thread: multi-threaded Mattes MI sums in a varying order and moves the
@@ -27,7 +27,8 @@ def init_preproc_wf(in_file, template, brain_extraction="native", seed=1, omp_nt
         (brain_wf, register, [("outputnode.out_file", "in_file")]),
         (clamp, outputnode, [("out_file", "clamped"), ("elapsed", "clamp_s")]),
         (brain_wf, outputnode, [("outputnode.out_mask", "brain_mask"),
-                                ("outputnode.brain_volume_ml", "brain_volume_ml")]),
+                                ("outputnode.brain_volume_ml", "brain_volume_ml"),
+                                ("outputnode.elapsed", "brain_s")]),
         (register, outputnode, [("out_file", "template_ct"), ("out_transform", "transform"),
                                 ("similarity", "similarity"), ("elapsed", "register_s")]),
     ])
