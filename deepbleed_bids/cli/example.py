@@ -26,6 +26,7 @@ def run(args):
     from .run import main as bids_app
 
     out = args.out_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     bids_dir = out / "bids"
     dicom = assets.fetch_example_ct()
     if not (bids_dir / "sub-example").exists():
