@@ -32,7 +32,7 @@ class ComputeQC(SimpleInterface):
         import numpy as np
         from nipype.interfaces.base import isdefined
 
-        from ..dicom import contrast_suspected
+        from ..kernels import contrast_suspected
         from ..kernels import kernel_type
         from ..qc import quality
 

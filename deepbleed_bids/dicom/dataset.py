@@ -1,0 +1,87 @@
+"""The BIDS folder: labels and file names, the destination check, participants.tsv,
+dataset_description.json and where the log goes."""
+import json
+import re
+from pathlib import Path
+
+from .. import __url__, __version__
+from ..errors import InputError
+from ..utils import write_text_atomic
+
+BIDS_VERSION = "1.10.0"
+
+
+def bids_label(value, what, prefix):
+    """A BIDS label from user input (``sub-01`` or ``01``); InputError when not alphanumeric."""
+    label = str(value or "").strip()
+    label = label[len(prefix):] if label.startswith(prefix) else label
+    if not re.fullmatch(r"[A-Za-z0-9]+", label):
+        raise InputError(f"{what} label {value!r} is not a BIDS label: use letters and digits only (e.g. 01 or P001).")
+    return label
+
+
+def bids_name(participant, session, acq, run=None):
+    """``sub-X[_ses-Y]_acq-<acq>[_run-<n>]_ct``."""
+    parts = [f"sub-{participant}"] + ([f"ses-{session}"] if session else []) + [f"acq-{acq}"]
+    return "_".join(parts + ([f"run-{run}"] if run else []) + ["ct"])
+
+
+def _atomic_write(path, text, clobber=True):
+    return write_text_atomic(text, path, clobber=clobber)
+
+
+def _check_destination(bids_dir, participant, session):
+    """The session's ct folder; InputError when writing there would mix or overwrite data."""
+    sub = bids_dir / f"sub-{participant}"
+    if session and (sub / "ct").exists():
+        raise InputError(f"{sub}: already holds data without sessions; convert sub-{participant} "
+                         "without --session-label, or into another BIDS folder.")
+    if not session and sub.is_dir() and any(sub.glob("ses-*")):
+        raise InputError(f"{sub}: already has sessions ({', '.join(sorted(p.name for p in sub.glob('ses-*')))}); "
+                         "give --session-label.")
+    dest = (sub / f"ses-{session}" if session else sub) / "ct"
+    if dest.exists() and any(dest.iterdir()):
+        raise InputError(f"{dest}: already holds CT images; nothing is overwritten: choose another "
+                         "session label, or move that folder away yourself.")
+    table = bids_dir / "participants.tsv"
+    if table.is_file():
+        first = table.read_text(encoding="utf-8").splitlines()[:1]
+        if not first or "participant_id" not in first[0].split("\t"):
+            raise InputError(f"{table}: has no participant_id column in its first line; fix the file "
+                             "(tab-separated, participant_id first) and run again.")
+    return dest
+
+
+def _add_participant(bids_dir, participant):
+    path, pid = bids_dir / "participants.tsv", f"sub-{participant}"
+    if not path.exists():
+        return _atomic_write(path, f"participant_id\n{pid}\n")
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    columns = lines[0].split("\t")
+    col = columns.index("participant_id")
+    if any(len(row.split("\t")) > col and row.split("\t")[col] == pid for row in lines[1:]):
+        return False
+    row = ["n/a"] * len(columns)
+    row[col] = pid
+    return _atomic_write(path, text + ("" if text.endswith("\n") else "\n") + "\t".join(row) + "\n")
+
+
+def ensure_dataset_description(bids_dir, dcm2niix_version=None):
+    """Write dataset_description.json when absent; an existing one is left untouched."""
+    desc = {
+        "Name": "CT dataset converted by deepbleed-bids dicom2bids",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "raw",
+        "GeneratedBy": [{"Name": "deepbleed-bids", "Version": __version__,
+                         "Description": "dicom2bids: DICOM CT to BIDS with dcm2niix", "CodeURL": __url__}],
+    }
+    if dcm2niix_version:
+        desc["GeneratedBy"].append({"Name": "dcm2niix", "Version": dcm2niix_version})
+    path = Path(bids_dir) / "dataset_description.json"
+    return not path.exists() and _atomic_write(path, json.dumps(desc, indent=2) + "\n", clobber=False)
+
+
+def log_path(bids_dir, participant, session=None):
+    stem = f"sub-{participant}" + (f"_ses-{session}" if session else "")
+    return Path(bids_dir) / "sourcedata" / "dicom2bids" / f"{stem}_log.txt"
