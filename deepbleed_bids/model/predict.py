@@ -24,10 +24,12 @@ def predict_volume(model, volume, patch_size=0, overlap=0.5, batch_size=1, devic
     """
     import tensorflow as tf
 
+    # a graph, not op-by-op eager execution: measurably faster for these large convolutions
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     volume = np.asarray(volume, dtype=np.float32)
     if not patch_size or all(s <= patch_size for s in volume.shape):
         with tf.device(device):
-            out = model(volume[None, ..., None], training=False)
+            out = forward(tf.constant(volume[None, ..., None]))
         return np.asarray(out, dtype=np.float32)[0, ..., 0]
 
     total = np.zeros(volume.shape, np.float32)
@@ -38,7 +40,7 @@ def predict_volume(model, volume, patch_size=0, overlap=0.5, batch_size=1, devic
         batch = np.stack([volume[x:x + patch_size, y:y + patch_size, z:z + patch_size]
                           for x, y, z in chunk])[..., None]
         with tf.device(device):
-            out = np.asarray(model(batch, training=False), dtype=np.float32)[..., 0]
+            out = np.asarray(forward(tf.constant(batch)), dtype=np.float32)[..., 0]
         for (x, y, z), prob in zip(chunk, out):
             total[x:x + patch_size, y:y + patch_size, z:z + patch_size] += prob
             count[x:x + patch_size, y:y + patch_size, z:z + patch_size] += 1
