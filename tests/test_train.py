@@ -243,3 +243,28 @@ def test_interrupted_and_resumed_equals_uninterrupted(trained, tmp_path):
     for a, b in zip(whole["model"].get_weights(), resumed["model"].get_weights()):
         np.testing.assert_array_equal(a, b)
     assert int(resumed["optimizer"].iterations.numpy()) == 3
+
+
+def test_scaled_training_form_exports_the_same_function_on_raw_hu(trained):
+    """Training sees HU / 100; the exported raw-HU network gives the same probabilities."""
+    import keras
+
+    from deepbleed_bids.model.vnet import build_vnet
+    from deepbleed_bids.training.loop import init_output_block, to_raw_hu
+
+    out, _ = trained
+    image = load_case(sorted((out / "work/cases").glob("*.npz"))[0])["image"]
+    keras.utils.set_random_seed(1)
+    scaled = build_vnet(width=2, kernel_size=3)
+    rng = np.random.default_rng(0)  # non-zero biases everywhere, or the test proves little
+    scaled.set_weights([w + rng.normal(0, 0.05, w.shape).astype(np.float32) for w in scaled.get_weights()])
+    init_output_block(scaled, [image / 100])
+    expected = np.asarray(scaled(image[None, ..., None] / 100))
+    raw = build_vnet(width=2, kernel_size=3)
+    raw.set_weights(scaled.get_weights())
+    to_raw_hu(raw, 100.0)
+    got = np.asarray(raw(image[None, ..., None]))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    brain = image != 0
+    assert 0.005 < expected[0, ..., 0][brain].mean() < 0.1  # starts near the prior (0.02), not saturated
+    assert expected.std() > 0.001

@@ -14,11 +14,14 @@ DEFAULT_LICENSE = "same terms as your training data; the code is Apache-2.0"
 
 
 def export_weights(trained, params, path):
-    """Save ``trained``'s weights into a dropout-free VNet of the same width and kernel."""
+    """Save ``trained``'s weights into a dropout-free VNet of the same width and kernel, taking raw HU."""
     from ..model.vnet import build_vnet
+
+    from .loop import to_raw_hu
 
     clean = build_vnet(width=params.width, kernel_size=params.kernel_size)
     clean.set_weights(trained.get_weights())
+    to_raw_hu(clean, params.input_scale)  # the published input: raw HU
     path = Path(path)
     tmp = path.with_name(f".{path.name[:-len('.weights.h5')]}.tmp.weights.h5")
     clean.save_weights(str(tmp))

@@ -25,7 +25,7 @@ from ..errors import InputError
 from .augment import augment
 
 # Parameters that fix the network and the data; a resumed run must keep them.
-ARCHITECTURE = ("width", "kernel_size", "dropout", "patch_size")
+ARCHITECTURE = ("width", "kernel_size", "dropout", "patch_size", "input_scale")
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_loss_avg", "val_dice", "val_abs_volume_diff_ml",
                "learning_rate", "samples", "seconds"]
 
@@ -50,6 +50,8 @@ class TrainParams:
     elastic: bool = True
     elastic_sd_mm: float = 3.0
     elastic_sigma_mm: float = 15.0
+    input_scale: float = 100.0  # train on HU / input_scale; exported weights take raw HU (see to_raw_hu)
+    output_init: bool = True  # data-dependent start of the output block (see init_output_block)
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = False
@@ -160,7 +162,7 @@ def _batches(cases, params, epoch):
         image, mask = augment(cases[idx]["image"], cases[idx]["mask"], sample_rng, params.patch_size,
                               params.lesion_fraction, params.flip, params.elastic,
                               params.elastic_sd_mm, params.elastic_sigma_mm)
-        yield image[..., None], mask[..., None]
+        yield image[..., None] / np.float32(params.input_scale), mask[..., None]
 
 
 def validate(model, cases, params, device):
@@ -174,11 +176,74 @@ def validate(model, cases, params, device):
     loss_fn = get_loss(params.loss)
     losses, dices, diffs = [], [], []
     for case in cases:
-        prob = predict_volume(model, case["image"], patch_size=params.predict_patch_size, device=device)
+        prob = predict_volume(model, case["image"] / np.float32(params.input_scale),
+                              patch_size=params.predict_patch_size, device=device)
         losses.append(float(loss_fn(tf.constant(case["mask"], tf.float32), tf.constant(prob))))
         dices.append(dice(prob >= 0.5, case["mask"]))
         diffs.append(abs(int((prob >= 0.5).sum()) - int(case["mask"].sum())) * 1.5 ** 3 / 1000.0)
     return float(np.mean(losses)), float(np.mean(dices)), float(np.mean(diffs))
+
+
+def init_output_block(model, images, prior=0.02):
+    """Data-dependent start of the two 1x1 output convolutions (LSUV-like, Mishkin & Matas 2016).
+
+    The input is raw HU and its residual path carries it to the last block, whose
+    features are ~100 in size: with a standard initialisation the sigmoid starts
+    saturated (p = 0 or 1, no gradient) and the 2-channel ReLU before it can die for
+    good (constant output). Rescale so that, over brain voxels of ``images``, the
+    ReLU's inputs have unit SD and are positive about half the time, and the logits
+    have SD 1 around the logit of ``prior`` (a small hemorrhage probability, as in
+    Lin et al. 2017): starting at p = 0.5 everywhere, the Dice loss first removes the
+    huge false-positive volume, fastest by switching both ReLUs off for good.
+    """
+    import keras
+
+    features = keras.Model(model.input, model.get_layer("up_1_add").output)
+    final, binary = model.get_layer("outblock_final"), model.get_layer("outblock_binary")
+    chunks = []
+    for image in images:
+        f = np.asarray(features(image[None, ..., None], training=False), np.float64)[0]
+        chunks.append(f[image != 0])
+    feats = np.concatenate(chunks)
+    w, b = final.get_weights()
+    z = feats @ w[0, 0, 0] + b
+    scale = 1.0 / np.maximum(z.std(axis=0), 1e-6)
+    w = w * scale
+    b = -np.median(z * scale, axis=0)
+    final.set_weights([w.astype(np.float32), b.astype(np.float32)])
+    h = np.maximum(feats @ w[0, 0, 0] + b, 0)
+    w2, _ = binary.get_weights()
+    w2 = np.abs(w2)  # more ReLU output -> more hemorrhage: lesions keep the ReLUs alive
+    logits = h @ w2[0, 0, 0]
+    w2 = w2 / max(float(logits.std()), 1e-6)
+    b2 = float(np.log(prior / (1 - prior)) - np.mean(h @ w2[0, 0, 0]))
+    binary.set_weights([w2.astype(np.float32), np.array([b2], np.float32)])
+
+
+def to_raw_hu(model, scale):
+    """Make a network trained on ``HU / scale`` take raw HU, exactly.
+
+    Every layer is a ReLU (positively homogeneous) convolution, a sum, a
+    concatenation or a channel repeat, so multiplying the input and every bias up
+    to the last hidden layer by ``scale`` multiplies every activation by ``scale``;
+    dividing the final 1x1 kernel by ``scale`` gives back the same logits. Training
+    in the scaled form keeps activations near 1 instead of ~100 (the raw form's
+    weights then move ~100 times too fast relative to their size under Adam's step,
+    and the 2-channel output ReLU dies); the exported model is the published form.
+    """
+    if scale == 1:
+        return model
+    last = model.get_layer("outblock_binary")
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        kernel, bias = weights
+        if layer is last:
+            layer.set_weights([kernel / scale, bias])
+        else:
+            layer.set_weights([kernel, bias * scale])
+    return model
 
 
 def build(params, plan):
@@ -263,6 +328,9 @@ def train(train_cases, val_cases, out_dir, params, stop_after=None, log=print, o
         ckpt.restore(model, optimizer, state)
         history = state["history"]
         log(f"resuming after epoch {state['epoch']} from {ckpt.dir / state['checkpoint']}")
+    elif params.output_init:
+        with strategy.scope():
+            init_output_block(model, [c["image"] / np.float32(params.input_scale) for c in train_cases[:2]])
     step = _step_fn(strategy, model, optimizer, get_loss(params.loss), plan["mixed_precision"])
     best = min((r for r in history if r.get("val_loss") is not None), key=lambda r: r["val_loss"],
                default=None)
