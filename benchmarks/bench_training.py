@@ -68,8 +68,6 @@ def parse(config):
 
 
 def bench(case, config, steps, threads):
-    import numpy as np
-
     from deepbleed_bids.model.device import configure
     from deepbleed_bids.model.predict import predict_volume
     from deepbleed_bids.training.loop import TrainParams, _dataset, _step_fn, build

@@ -1,6 +1,5 @@
 """Shared fixtures: real data from ../shared/data, converted once per session."""
 import os
-import shutil
 
 import pytest
 
@@ -39,3 +38,17 @@ def asset_home(data_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("deepbleed_home")
     prepopulate_cache(home, data_dir)
     return home
+
+
+@pytest.fixture(scope="session")
+def head_and_brain(ge_head):
+    """The real head loaded into memory, and its brain mask (native extraction on clamped HU)."""
+    import nibabel as nib
+    import numpy as np
+
+    from deepbleed_bids.brain import extract_brain
+    from deepbleed_bids.ct import clamp_hu
+
+    img = nib.load(ge_head)
+    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    return img, extract_brain(clamp_hu(np.asanyarray(img.dataobj)), img.affine)

@@ -1,11 +1,8 @@
 """Quality control (deepbleed_bids.qc): ABC/2, the classical hyperdensity estimate, the flags."""
-import nibabel as nib
 import numpy as np
 import pytest
 
 from deepbleed_bids import qc
-from deepbleed_bids.brain import extract_brain
-from deepbleed_bids.ct import clamp_hu
 from deepbleed_bids.synth import insert_hematoma
 
 
@@ -57,11 +54,8 @@ def test_abc2_uses_world_axes_and_the_largest_component():
 
 
 @pytest.fixture(scope="module")
-def head(ge_head):
-    img = nib.load(ge_head)
-    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
-    brain = extract_brain(clamp_hu(np.asanyarray(img.dataobj)), img.affine)
-    return img, brain
+def head(head_and_brain):
+    return head_and_brain
 
 
 def test_hyperdensity_estimate_finds_inserted_blood(head):

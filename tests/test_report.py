@@ -8,19 +8,14 @@ import pytest
 from PIL import Image
 
 from deepbleed_bids import qc
-from deepbleed_bids.brain import extract_brain
-from deepbleed_bids.ct import clamp_hu
 from deepbleed_bids.reports import figures as F
 from deepbleed_bids.reports.participant import write_participant_report
 from deepbleed_bids.synth import insert_hematoma
 
 
 @pytest.fixture(scope="module")
-def head(ge_head):
-    img = nib.load(ge_head)
-    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
-    brain = extract_brain(clamp_hu(np.asanyarray(img.dataobj)), img.affine)
-    return img, brain
+def head(head_and_brain):
+    return head_and_brain
 
 
 def _rgb(png):
