@@ -5,6 +5,10 @@ drew their shape seeds uniformly from [0, 2^31) and none is below 1000, so these
 their volumes (25 and 40 mL) and places were never seen in training.
 """
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +20,7 @@ from deepbleed_bids.metrics import dice
 from deepbleed_bids.model.zoo import bundled_models, resolve_model
 from deepbleed_bids.testing import write_bids_dataset
 
+RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 CASES = {"deep": (25.0, "deep", 7), "lobar": (40.0, "lobar", 13)}
 
 
@@ -23,8 +28,6 @@ CASES = {"deep": (25.0, "deep", 7), "lobar": (40.0, "lobar", 13)}
 def demo_run(ge_head, asset_home, tmp_path_factory):
     if "synthetic-demo" not in bundled_models():
         pytest.fail("deepbleed_bids/data/models/synthetic-demo.weights.h5 is missing")
-    from deepbleed_bids.cli.run import main
-
     root = tmp_path_factory.mktemp("demo")
     src = nib.load(ge_head)
     img = nib.Nifti1Image(np.asanyarray(src.dataobj), src.affine, src.header)
@@ -37,14 +40,13 @@ def demo_run(ge_head, asset_home, tmp_path_factory):
         truths[name] = (truth, info)
     bids = write_bids_dataset(root / "bids", images)
     out_dir = root / "out"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DEEPBLEED_HOME", str(asset_home))
-    try:
-        code = main([str(bids), str(out_dir), "participant", "--model", "synthetic-demo",
-                     "--work-dir", str(root / "work"), "--nprocs", "2"])
-    finally:
-        mp.undo()
-    assert code == 0
+    # a separate process, as users run it: nipype's MultiProc forks its workers, and a
+    # fork of a test process whose TensorFlow threads already run (earlier tests) can hang
+    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
+    proc = subprocess.run([sys.executable, str(RUN_PY), str(bids), str(out_dir), "participant",
+                           "--model", "synthetic-demo", "--work-dir", str(root / "work"), "--nprocs", "2"],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out_dir, truths
 
 
