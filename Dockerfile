@@ -19,7 +19,7 @@
 # ---- stage 1: the package as a wheel (the final image holds no source tree) ----
 FROM python:3.11-slim-bookworm AS wheel
 WORKDIR /src
-COPY pyproject.toml version README.md ./
+COPY pyproject.toml version README.md LICENSE ./
 COPY deepbleed_bids ./deepbleed_bids
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

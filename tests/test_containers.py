@@ -261,7 +261,7 @@ def _ignored(path, patterns):
 def test_dockerignore_keeps_exactly_the_build_inputs():
     patterns = [line.strip() for line in (TOP / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    copied = ["pyproject.toml", "version", "README.md", "run.py"]
+    copied = ["pyproject.toml", "version", "README.md", "LICENSE", "run.py"]
     copied += [p.relative_to(TOP).as_posix() for p in (TOP / "deepbleed_bids").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts]
     kept = [p for p in copied if _ignored(p, patterns)]
