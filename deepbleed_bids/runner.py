@@ -165,6 +165,11 @@ def run_participant(config):
     resolve_assets(config)
     log(f"{len(images)} CT image(s); model {config.model_spec['id']} "
         f"(sha256 {config.model_spec['sha256'][:12]}...), template {config.template}")
+    notice = config.model_spec.get("notice")
+    if notice:  # e.g. the demonstration model: say it in the log, every sidecar and report
+        log(f"WARNING: {notice}")
+        for source in images:
+            source["warnings"] = [*source.get("warnings", []), notice]
     B.write_dataset_description(config.output_dir, config.bids_dir)
 
     tmp_work = None

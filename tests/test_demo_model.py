@@ -77,6 +77,7 @@ def test_held_out_lesion_dice_and_volume(demo_run, name):
     assert score >= 0.85
     assert volume == pytest.approx(info["volume_ml"], rel=0.10)
     assert sidecar["Model"]["Name"] == "synthetic-demo"
+    assert any("for demonstration and testing only" in w for w in sidecar["Warnings"])
 
 
 def test_head_without_hemorrhage_small_volume(demo_run):

@@ -26,6 +26,7 @@ class ModelSpec:
     patch_size: int = 0  # 0: the whole 128^3 volume at once
     license: str = ""
     description: str = ""
+    notice: str = ""  # a warning every result of this model carries (card "notice")
     card: dict = field(default_factory=dict)
 
     def provenance(self):
@@ -61,7 +62,7 @@ def _h5_spec(path, model_id=None, card=None):
         id=model_id or card.get("id") or path.name[: -len(".weights.h5")], format="keras-h5",
         path=str(path), sha256=W.sha256_file(path), width=width, kernel_size=kernel,
         patch_size=int(card.get("patch_size", 0) or 0), license=card.get("license", ""),
-        description=card.get("description", ""), card=card,
+        description=card.get("description", ""), notice=card.get("notice", ""), card=card,
     )
 
 
