@@ -6,12 +6,11 @@ native space; masks on a template grid (``space-`` entity) are ignored. Scans ar
 matched by file name (the source entities), so ct/ and anat/ layouts mix freely.
 """
 import json
-import os
 import re
 from pathlib import Path
 
 from . import metrics as M
-from .utils import write_json_atomic
+from .utils import clean_json, write_json_atomic, write_tsv_atomic
 from .errors import InputError
 
 MASK_GLOB = "sub-*/**/*_desc-hemorrhage_mask.nii*"
@@ -94,26 +93,6 @@ def add_participant_columns(df, path):
     return df.merge(info, on="participant_id", how="left")
 
 
-def _write_tsv(df, path):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-    os.replace(tmp, path)
-    return Path(path)
-
-
-def _clean(value):
-    """JSON-safe: NaN -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
 def evaluate(pred_dir, ref_dir, out_dir, participants=None, group_by=()):
     """Write the evaluation (TSV, JSON, PNG) into ``out_dir``; returns the JSON content."""
     from . import plots
@@ -122,17 +101,17 @@ def evaluate(pred_dir, ref_dir, out_dir, participants=None, group_by=()):
     df = add_participant_columns(df, participants_file(pred_dir, participants))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"scans": str(_write_tsv(df, out / "evaluation_scans.tsv"))}
+    files = {"scans": str(write_tsv_atomic(df, out / "evaluation_scans.tsv"))}
     summary = {"cohort": M.cohort_summary(df), "by": {}}
     for column in group_by:
         table = M.summary_by(df, column)
-        files[f"by-{column}"] = str(_write_tsv(table, out / f"evaluation_by-{column}.tsv"))
+        files[f"by-{column}"] = str(write_tsv_atomic(table, out / f"evaluation_by-{column}.tsv"))
         summary["by"][column] = table.to_dict(orient="records")
     if len(df):
         files["dice_plot"] = str(plots.dice_distribution(df, out / "dice_distribution.png"))
         files["volume_plot"] = str(plots.volume_scatter(df, out / "volume_scatter.png"))
         files["bland_altman_plot"] = str(plots.bland_altman(df, out / "bland_altman.png"))
-    result = _clean({**summary, "predictions": str(pred_dir), "references": str(ref_dir),
+    result = clean_json({**summary, "predictions": str(pred_dir), "references": str(ref_dir),
                      "missing_predictions": missing, "errors": errors, "files": files,
                      "conventions": {"failed": f"Dice < {M.FAILED_DICE}", "within": f"|difference| <= {M.WITHIN_ML} mL",
                                      "volume_difference": "predicted - reference",

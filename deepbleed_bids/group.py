@@ -18,7 +18,6 @@ last scan before the first post-treatment scan.
 """
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .utils import clean_json, write_json_atomic, write_tsv_atomic
 
 MASK_JSON = "*_desc-hemorrhage_mask.json"
 MISTIE_RESIDUAL_ML = 15.0  # MISTIE III surgical target: <= 15 mL end-of-treatment residual ...
@@ -358,29 +358,11 @@ def missing_outputs(expected, df):
 
 def write_tsv(df, path, descriptions=None):
     """Atomic TSV ('n/a' for missing) and, given descriptions, its JSON data dictionary."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-    os.replace(tmp, path)
+    path = write_tsv_atomic(df, path)
     if descriptions:
-        from .utils import write_json_atomic
-
         write_json_atomic({c: {"Description": descriptions[c]} for c in df.columns if c in descriptions},
                           path.with_suffix(".json"))
     return path
-
-
-def clean_json(value):
-    """JSON-safe: NaN -> None, numpy/pandas scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 # ---------------------------------------------------------------- the group level
@@ -405,7 +387,6 @@ def run_group(config, log=print):
     """Write every group output into ``<output_dir>/group``; returns a dict of what was written."""
     from . import qc as QC
     from .bids import strip_label
-    from .utils import write_json_atomic
     from .reports import plots as P
     from .reports.summary import write_group_report
 

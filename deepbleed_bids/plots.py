@@ -1,8 +1,9 @@
 """Figures for training and evaluation (matplotlib, no display needed); written atomically."""
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .utils import atomic_path
 
 
 def _figure(*args, **kwargs):
@@ -17,13 +18,11 @@ def _figure(*args, **kwargs):
 def _save(fig, path):
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def loss_curve(history, path, window=5):

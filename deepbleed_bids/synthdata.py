@@ -20,7 +20,7 @@ import numpy as np
 
 from . import synth
 from .bids import derivative_path
-from .utils import write_json_atomic
+from .utils import write_json_atomic, write_tsv_atomic
 from .errors import InputError
 from .nifti import like, save_atomic
 
@@ -119,6 +119,4 @@ def _write_participants(path, rows):
         old = old[~old["participant_id"].isin(new["participant_id"])]
         new = pd.concat([old, new.astype(str)], ignore_index=True)
     new = new.sort_values("participant_id")
-    tmp = path.with_name("." + path.name + ".tmp")
-    new.to_csv(tmp, sep="\t", index=False)
-    tmp.replace(path)
+    write_tsv_atomic(new, path, float_format=None)

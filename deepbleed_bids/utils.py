@@ -68,3 +68,23 @@ def write_text_atomic(text, path, clobber=True):
 def write_json_atomic(data, path, clobber=True):
     write_text_atomic(json.dumps(data, indent=2, default=str) + "\n", path, clobber=clobber)
     return Path(path)
+
+
+def write_tsv_atomic(df, path, float_format="%.6g"):
+    """A pandas table as TSV ('n/a' for missing), written atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format=float_format)
+    return Path(path)
+
+
+def clean_json(value):
+    """JSON-safe: NaN -> None, numpy/pandas scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

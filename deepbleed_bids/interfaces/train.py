@@ -76,11 +76,12 @@ class ExportCase(SimpleInterface):
 
     def _run_interface(self, runtime):
         import json
-        import os
         from pathlib import Path
 
         import nibabel as nib
         import numpy as np
+
+        from ..utils import atomic_path
 
         image = np.asanyarray(nib.load(self.inputs.template_ct).dataobj)
         if not np.issubdtype(image.dtype, np.integer):
@@ -90,9 +91,7 @@ class ExportCase(SimpleInterface):
                 "template_volume_ml": self.inputs.template_volume_ml,
                 "similarity": self.inputs.similarity}
         out = Path(self.inputs.out_dir) / self.inputs.out_name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.{os.getpid()}.npz")
-        np.savez_compressed(tmp, image=image, mask=mask, meta=json.dumps(meta))
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            np.savez_compressed(tmp, image=image, mask=mask, meta=json.dumps(meta))
         self._results["out_file"] = str(out)
         return runtime

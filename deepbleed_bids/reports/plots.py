@@ -1,9 +1,10 @@
 """Group-level figures, each written as PNG and SVG (matplotlib object API, atomic writes)."""
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..utils import atomic_path
 
 
 def _new(width=6.0, height=4.0):
@@ -22,9 +23,8 @@ def _save(fig, stem):
     out = []
     for ext in ("png", "svg"):
         path = Path(f"{stem}.{ext}")
-        tmp = path.with_name(f".{path.stem}.tmp.{ext}")
-        fig.savefig(tmp, format=ext, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=110)
         out.append(path)
     return out
 

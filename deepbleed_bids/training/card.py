@@ -3,11 +3,10 @@
 The weights are re-saved from a VNet built exactly as :func:`deepbleed_bids.model.zoo.load_model`
 builds it (no dropout layers), so ``--model <dir>/<name>.weights.h5`` loads them as is.
 """
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..utils import write_json_atomic
+from ..utils import atomic_path, write_json_atomic
 from ..model.weights import sha256_file
 
 DEFAULT_LICENSE = "same terms as your training data; the code is Apache-2.0"
@@ -22,11 +21,9 @@ def export_weights(trained, params, path):
     clean = build_vnet(width=params.width, kernel_size=params.kernel_size)
     clean.set_weights(trained.get_weights())
     to_raw_hu(clean, params.input_scale)  # the published input: raw HU
-    path = Path(path)
-    tmp = path.with_name(f".{path.name[:-len('.weights.h5')]}.tmp.weights.h5")
-    clean.save_weights(str(tmp))
-    os.replace(tmp, path)
-    return path, clean.count_params()
+    with atomic_path(path) as tmp:
+        clean.save_weights(str(tmp))
+    return Path(path), clean.count_params()
 
 
 def model_card(name, params, state, data, split, weights_path, n_params, command, description=None,

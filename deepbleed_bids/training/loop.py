@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..utils import atomic_path, write_text_atomic, write_tsv_atomic
 from .augment import augment
 
 # Parameters that fix the network and the data; a resumed run must keep them.
@@ -100,9 +101,7 @@ def should_stop(history, params):
 
 
 def _atomic_json(data, path):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(data, indent=2, default=float) + "\n", path)
 
 
 class Checkpoints:
@@ -145,10 +144,8 @@ class Checkpoints:
             var.assign(value)
 
     def save_best(self, model):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / ".best.tmp.weights.h5"
-        model.save_weights(str(tmp))
-        os.replace(tmp, self.best)
+        with atomic_path(self.best) as tmp:
+            model.save_weights(str(tmp))
 
 
 def _batches(cases, params, epoch):
@@ -382,6 +379,4 @@ def write_log(history, path):
     """The training log as TSV (one row per epoch), written atomically."""
     import pandas as pd
 
-    tmp = Path(str(path) + ".tmp")
-    pd.DataFrame(history, columns=LOG_COLUMNS).to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-    os.replace(tmp, path)
+    write_tsv_atomic(pd.DataFrame(history, columns=LOG_COLUMNS), path, float_format=None)

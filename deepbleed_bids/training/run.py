@@ -27,14 +27,12 @@ def write_split(cases, train_ids, val_ids, out_dir, seed, val_fraction):
     """split.tsv (one row per scan) and split.json (participants per set); returns the JSON content."""
     import pandas as pd
 
-    from ..utils import write_json_atomic
+    from ..utils import write_json_atomic, write_tsv_atomic
 
     rows = [{"participant_id": "sub-" + c["meta"]["subject"], "scan": c["meta"]["relpath"],
              "set": "validation" if c["meta"]["subject"] in val_ids else "training"} for c in cases]
     table = pd.DataFrame(rows).sort_values(["set", "scan"])
-    tmp = Path(out_dir) / ".split.tsv.tmp"
-    table.to_csv(tmp, sep="\t", index=False)
-    tmp.replace(Path(out_dir) / "split.tsv")
+    write_tsv_atomic(table, Path(out_dir) / "split.tsv", float_format=None)
     split = {"by": "participant", "seed": seed, "val_fraction": val_fraction,
              "training": ["sub-" + s for s in train_ids], "validation": ["sub-" + s for s in val_ids],
              "training_scans": int((table["set"] == "training").sum()),
