@@ -77,3 +77,14 @@ def write_bids_dataset(root, images, sidecars=None):
     (root / "participants.tsv").write_text(
         "participant_id\n" + "".join(f"{s}\n" for s in sorted(subjects)))
     return root
+
+
+def not_a_brain():
+    """A CT-like image (air, bone, soft tissue) with no skull enclosing anything: brain extraction fails."""
+    import nibabel as nib
+    import numpy as np
+
+    data = np.full((96, 96, 40), -1000, np.int16)
+    data[20:76, 20:76, 5:35] = 35
+    data[20:24, 20:76, 5:35] = 1100
+    return nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))

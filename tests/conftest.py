@@ -48,7 +48,8 @@ def head_and_brain(ge_head):
 
     from deepbleed_bids.brain import extract_brain
     from deepbleed_bids.ct import clamp_hu
+    from deepbleed_bids.nifti import like
 
     img = nib.load(ge_head)
-    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    img = like(np.asanyarray(img.dataobj), img)  # in memory, geometry fields kept bit for bit
     return img, extract_brain(clamp_hu(np.asanyarray(img.dataobj)), img.affine)

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from deepbleed_bids import synth
-from deepbleed_bids.brain import extract_brain
 from deepbleed_bids.metrics import dice
 from deepbleed_bids.model.zoo import bundled_models, resolve_model
 from deepbleed_bids.testing import write_bids_dataset
@@ -25,13 +24,11 @@ CASES = {"deep": (25.0, "deep", 7), "lobar": (40.0, "lobar", 13)}
 
 
 @pytest.fixture(scope="module")
-def demo_run(ge_head, asset_home, tmp_path_factory):
+def demo_run(ge_head, head_and_brain, asset_home, tmp_path_factory):
     if "synthetic-demo" not in bundled_models():
         pytest.fail("deepbleed_bids/data/models/synthetic-demo.weights.h5 is missing")
     root = tmp_path_factory.mktemp("demo")
-    src = nib.load(ge_head)
-    img = nib.Nifti1Image(np.asanyarray(src.dataobj), src.affine, src.header)
-    brain = extract_brain(np.asanyarray(img.dataobj), img.affine)
+    img, brain = head_and_brain
     images, truths = {"sub-normal/ct/sub-normal_ct.nii.gz": ge_head}, {}
     for name, (volume, location, shape_seed) in CASES.items():
         out, truth, info = synth.insert_hematoma(img, brain, volume, rng=np.random.default_rng(1000 + shape_seed),

@@ -22,26 +22,16 @@ import pandas as pd
 import pytest
 
 from deepbleed_bids import group as G
-from deepbleed_bids.brain import extract_brain
 from deepbleed_bids.cli.run import main
-from deepbleed_bids.ct import clamp_hu
 from deepbleed_bids.nifti import like
 from deepbleed_bids.synth import insert_hematoma
-from deepbleed_bids.testing import write_bids_dataset
+from deepbleed_bids.testing import not_a_brain, write_bids_dataset
 
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 # participant: (location, seed, volumes per session); sub-01 grows, sub-02 is operated on
 PLAN = {"01": ("deep", 3, [20.0, 32.0]), "02": ("lobar", 5, [40.0, 10.0])}
 TIMES = {"sub-01/ses-1": "2021-03-04T22:10:00", "sub-01/ses-2": "2021-03-05T06:10:00"}
 FAILING = "sub-02/ses-3/ct/sub-02_ses-3_ct.nii.gz"
-
-
-def _not_a_brain():
-    """CT-like intensities (air, bone, soft tissue) but no skull enclosing anything."""
-    data = np.full((96, 96, 40), -1000, np.int16)
-    data[20:76, 20:76, 5:35] = 35
-    data[20:24, 20:76, 5:35] = 1100
-    return nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
 
 
 # ---------------------------------------------------------------- hand-made tables
@@ -141,11 +131,9 @@ def test_volume_summary_statistics():
 
 
 @pytest.fixture(scope="module")
-def cohort(ge_head, asset_home, tmp_path_factory):
+def cohort(head_and_brain, asset_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("group")
-    head = nib.load(ge_head)
-    head = like(np.asanyarray(head.dataobj), head)
-    brain = extract_brain(clamp_hu(np.asanyarray(head.dataobj)), head.affine)
+    head, brain = head_and_brain
     images, sidecars, truth, masks = {}, {}, {}, {}
     for sub, (loc, seed, vols) in PLAN.items():
         # the same centre and shape at several volumes: nested lesions, one hematoma over time
@@ -158,7 +146,7 @@ def cohort(ge_head, asset_home, tmp_path_factory):
             when = TIMES.get(f"sub-{sub}/ses-{k}")
             sidecars[rel] = {"Modality": "CT", **({"AcquisitionDateTime": when} if when else {})}
     images["sub-03/ct/sub-03_ct.nii.gz"] = head  # in the dataset, never run
-    images[FAILING] = _not_a_brain()  # fails in brain extraction: the report must say so
+    images[FAILING] = not_a_brain()  # fails in brain extraction: the report must say so
     bids = write_bids_dataset(tmp / "bids", images, sidecars)
     (bids / "participants.tsv").write_text("participant_id\tarm\tage\nsub-01\tmedical\t61\n"
                                            "sub-02\tsurgery\t70\nsub-03\tsurgery\t55\n")

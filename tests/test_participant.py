@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 
 from deepbleed_bids.assets import TEMPLATE
-from deepbleed_bids.brain import extract_brain
-from deepbleed_bids.ct import clamp_hu
 from deepbleed_bids.model.vnet import build_vnet
 from deepbleed_bids.model.weights import sha256_file
 from deepbleed_bids.nifti import like, voxel_volume_ml
 from deepbleed_bids.synth import insert_hematoma
-from deepbleed_bids.testing import write_bids_dataset
+from deepbleed_bids.testing import not_a_brain, write_bids_dataset
 
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 LESION_ML = 25.0
@@ -28,26 +26,16 @@ NATIVE = ("desc-brain_mask", "desc-hemorrhage_mask", "desc-hemorrhage_probseg")
 TEMPLATE_SPACE = ("space-DeepBleedCT_desc-preproc_ct", "space-DeepBleedCT_desc-hemorrhage_probseg")
 
 
-def _not_a_brain(ref):
-    """CT-like intensities (air, bone, soft tissue) but no skull enclosing anything."""
-    data = np.full((96, 96, 40), -1000, np.int16)
-    data[20:76, 20:76, 5:35] = 35
-    data[20:24, 20:76, 5:35] = 1100
-    return nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
-
-
 @pytest.fixture(scope="module")
-def case(ge_head, asset_home, tmp_path_factory):
+def case(ge_head, head_and_brain, asset_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("participant")
-    head = nib.load(ge_head)
-    head = like(np.asanyarray(head.dataobj), head)
-    brain = extract_brain(clamp_hu(np.asanyarray(head.dataobj)), head.affine)
+    head, brain = head_and_brain
     bleed, lesion, info = insert_hematoma(head, brain, LESION_ML, rng=np.random.default_rng(7),
                                           location="deep")
     bids = write_bids_dataset(tmp / "bids", {
         "sub-01/ses-1/ct/sub-01_ses-1_ct.nii.gz": ge_head,
         "sub-01/ses-2/anat/sub-01_ses-2_acq-axial_CT.nii.gz": bleed,
-        "sub-02/ct/sub-02_ct.nii.gz": _not_a_brain(head),
+        "sub-02/ct/sub-02_ct.nii.gz": not_a_brain(),
     })
     model = tmp / "random.weights.h5"
     build_vnet(width=4).save_weights(model)
