@@ -32,8 +32,7 @@ class ComputeQC(SimpleInterface):
         import numpy as np
         from nipype.interfaces.base import isdefined
 
-        from ..kernels import contrast_suspected
-        from ..kernels import kernel_type
+        from ..kernels import contrast_suspected, kernel_type
         from ..qc import quality
 
         start = time.perf_counter()
