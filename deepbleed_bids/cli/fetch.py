@@ -15,8 +15,9 @@ Prints `sha256  path` lines (paths relative to the cache) and keeps them in
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from ..utils import write_text_atomic
 
 ASSETS = ("template", "weights", "example")
 SUMS = "SHA256SUMS"
@@ -89,13 +90,9 @@ def _record(home, entries):
     known.update(entries)
     text = "".join(f"{sha}  {rel}\n" for rel, sha in sorted(known.items()))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{SUMS}.", dir=home)
-    except OSError:
+        write_text_atomic(text, sums)
+    except OSError:  # a read-only cache: nothing to record
         return False
-    with os.fdopen(fd, "w") as fobj:
-        fobj.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, sums)
     return True
 
 
