@@ -6,6 +6,7 @@ Written into ``bids_dir`` (CT is the proposed BIDS datatype of BEP024)::
     participants.tsv                              row added; existing rows/columns kept
     sub-X/[ses-Y/]ct/sub-X[_ses-Y]_acq-<kernel>[_run-<n>]_ct.nii.gz + .json
     sourcedata/dicom2bids/sub-X[_ses-Y]_log.txt   dcm2niix output and per-series decisions
+    sourcedata/dicom2bids/sub-X[_ses-Y]_sources.json  each CT's source DICOM files (for DICOM results)
 
 Each series is read with pydicom, screened (scouts, reports, secondary captures,
 non-CT, non-axial, truncated files and missing slices are caught here), then

@@ -17,6 +17,7 @@ from .dataset import (_add_participant, _atomic_write, _check_destination, bids_
                       ensure_dataset_description, log_path)
 from .deid import _write_nifti, identifiers, scrub_sidecar, scrub_text
 from .series import read_dicom_folder
+from .sources import sources_path, sources_record
 
 
 @dataclass
@@ -90,7 +91,7 @@ def convert_session(dicom_dir, bids_dir, participant, session=None):
         ids |= identifiers(one.header)
     work = Path(tempfile.mkdtemp(prefix=".dicom2bids-", dir=bids_dir if bids_dir.is_dir() else bids_dir.parent))
     try:
-        kept = []
+        kept, origin = [], {}  # origin: id(image) -> its source series
         for i, one in enumerate(series):
             try:
                 decision, images = convert_series(one, work / f"s{i:03d}", tool)
@@ -98,9 +99,10 @@ def convert_session(dicom_dir, bids_dir, participant, session=None):
                 decision, images = Decision(one.label, "failed", f"conversion error ({type(err).__name__}: {err})"), []
             result.decisions.append(decision)
             kept += [(decision, image) for image in images]
+            origin.update({id(image): one for image in images})
         if kept:
             version = _dcm2niix_version(tool)
-            _assemble(kept, work / "ct", participant, session, dest, bids_dir, ids)
+            names = _assemble(kept, work / "ct", participant, session, dest, bids_dir, ids)
             ensure_dataset_description(bids_dir, version)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():
@@ -111,6 +113,11 @@ def convert_session(dicom_dir, bids_dir, participant, session=None):
             result.log = log_path(bids_dir, participant, session)
             old = result.log.read_text(encoding="utf-8") + "\n" if result.log.exists() else ""
             _atomic_write(result.log, old + scrub_text(_log_text(result, version), ids))
+            # where each CT's source series is, for DICOM results that reference it
+            rel = dest.relative_to(bids_dir)
+            record = sources_record([(rel / f"{names[id(image)]}.nii.gz", origin[id(image)])
+                                     for _, image in kept])
+            _atomic_write(sources_path(bids_dir, participant, session), json.dumps(record, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for d in result.decisions:  # the printed summary may carry series descriptions
@@ -120,7 +127,7 @@ def convert_session(dicom_dir, bids_dir, participant, session=None):
 
 
 def _assemble(kept, folder, participant, session, dest, bids_dir, ids):
-    """Write the kept images, named and de-identified, into ``folder``."""
+    """Write the kept images, named and de-identified, into ``folder``; returns id(image) -> name."""
     folder.mkdir()
     by_kind = {}
     for _, image in kept:
@@ -135,6 +142,7 @@ def _assemble(kept, folder, participant, session, dest, bids_dir, ids):
         sidecar = scrub_sidecar(image.sidecar, ids)
         _atomic_write(folder / f"{name}.json", json.dumps(sidecar, indent=2) + "\n")
         decision.outputs.append(f"{(dest / name).relative_to(bids_dir)}.nii.gz: {image.summary}")
+    return names
 
 
 def _log_text(result, version):
