@@ -39,6 +39,8 @@ class Config:
     expansion_pct: float = 33.0
     post_treatment_sessions: list = field(default_factory=list)  # else sessions.tsv "post_treatment"
     qc_thresholds: dict = field(default_factory=dict)  # overrides of deepbleed_bids.qc.THRESHOLDS
+    dicom_output: bool = None  # None: when dicom2bids recorded the source series
+    dicom_deidentify: bool = False  # leave patient/study identifiers out of the DICOM outputs
     # filled in once assets are resolved
     template_sha256: str = ""
     model_spec: dict = field(default_factory=dict)

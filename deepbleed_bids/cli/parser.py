@@ -51,6 +51,11 @@ def add_bids_app_arguments(parser):
                            "binary mask with nearest neighbour, as the original DeepBleed")
     proc.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     proc.add_argument("--seed", type=int, default=1, help="random seed of the registration")
+    proc.add_argument("--dicom-output", action=argparse.BooleanOptionalAction, default=None,
+                      help="write a DICOM SEG and SR per CT into sub-X/[ses-Y/]dicom/ (default: on for "
+                           "datasets made by dicom2bids, which records the source series)")
+    proc.add_argument("--dicom-deidentify", action="store_true",
+                      help="leave patient/study identifiers out of the DICOM outputs")
 
     perf = parser.add_argument_group("performance")
     perf.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",

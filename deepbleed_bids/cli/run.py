@@ -33,6 +33,7 @@ def config_from_args(args):
         reference_masks=str(args.reference_masks or ""),
         expansion_ml=args.expansion_ml, expansion_pct=args.expansion_pct,
         post_treatment_sessions=list(args.post_treatment_sessions), qc_thresholds=args.qc_thresholds,
+        dicom_output=args.dicom_output, dicom_deidentify=args.dicom_deidentify,
     )
 
 

@@ -189,7 +189,7 @@ def deidentify(ds):
         if key in ds:
             setattr(ds, key, "")
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "deepbleed-bids --dicom-deidentify: identifiers emptied, UIDs kept"
+    ds.DeidentificationMethod = "deepbleed-bids --dicom-deidentify: identifiers emptied"
     return ds
 
 
@@ -206,8 +206,6 @@ def build_segmentation(datasets, masks, model, series_number=None, deidentify_ou
     algorithm = algorithm_identification(model)
     kinds = list(masks)
     pixels = np.stack([np.asarray(masks[k], bool) for k in kinds], axis=-1).astype(np.uint8)
-    if not pixels.any():
-        pixels[0, 0, 0, 0] = 0  # highdicom needs at least one frame; keep every frame then
     src = datasets[0]
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=pixels,
@@ -218,7 +216,8 @@ def build_segmentation(datasets, masks, model, series_number=None, deidentify_ou
         manufacturer="deepbleed-bids", manufacturer_model_name="deepbleed-bids",
         software_versions=__version__, device_serial_number="none",
         content_label="HEMORRHAGE", content_description="deepbleed-bids hemorrhage and brain",
-        content_creator_name="deepbleed-bids^", omit_empty_frames=bool(pixels.any()),
+        content_creator_name="deepbleed-bids^",
+        omit_empty_frames=bool(pixels.any()),  # all empty: keep every frame (a SEG needs one)
         series_description=f"DeepBleed segmentation ({str(model.get('id') or '')[:30]})")
     return finish(seg, src, deidentify_output)
 

@@ -3,6 +3,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.derivatives import WriteDerivatives
+from ..interfaces.dicom import WriteDicom
 from ..interfaces.qc import ComputeQC
 from ..interfaces.registration import ToNative
 from ..interfaces.segment import VNetSegment
@@ -55,4 +56,10 @@ def init_ct_wf(config, source, name=None):
         (native, qc, [("out_mask", "hemorrhage_mask"), ("volume_ml", "hemorrhage_volume_ml")]),
         (qc, sink, [("qc", "qc")]),
     ])
+    from ..dicom.results import wanted
+
+    if wanted(config.to_dict(), source):  # --dicom-output, or a dicom2bids dataset
+        dicom = pe.Node(WriteDicom(config=config.to_dict(), source=source), name="ds_dicom",
+                        mem_gb=1.5)
+        wf.connect(sink, "out_files", dicom, "out_files")
     return wf

@@ -1,0 +1,285 @@
+"""DICOM SEG and SR back into the scanner's world, on the real series (tilted GE head, Philips phantom).
+
+The SEG/SR are built from masks in the native space of the dicom2bids-converted
+CT (a synthetic hematoma from the project's generator), then read back with
+highdicom and pydicom and validated with dciodvfy (dicom3tools). One run.py
+end-to-end test uses the bundled synthetic-demo model.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from deepbleed_bids import synth
+from deepbleed_bids.derivatives import plan_outputs
+from deepbleed_bids.dicom import convert_session
+from deepbleed_bids.dicom import seg as S
+from deepbleed_bids.dicom.results import BIDSIGNORE, dicom_paths, record, wanted, write_dicom
+from deepbleed_bids.dicom.sources import find_source
+from deepbleed_bids.dicom.sr import read_report
+
+RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
+GE_REL = "sub-ge/ct/sub-ge_acq-soft_ct.nii.gz"
+PH_REL = "sub-phantom/ct/sub-phantom_acq-soft_ct.nii.gz"
+
+
+def dciodvfy(path):
+    """dciodvfy's error lines for one file (the test skips when dicom3tools is absent)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed (Debian: apt-get install -y dicom3tools)")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def bids(data_dir, tmp_path_factory):
+    """The real GE head and Philips phantom through dicom2bids (which records their sources)."""
+    root = tmp_path_factory.mktemp("dicomout") / "bids"
+    for folder, label in (("ge-head-tilt", "ge"), ("philips-phantom-axial", "phantom")):
+        src = data_dir / "dicom" / folder
+        if not src.is_dir():
+            pytest.skip(f"{src} not found")
+        assert convert_session(src, root, label).ok
+    return root
+
+
+def _derivatives(bids, out_dir, relpath, hemorrhage, brain, qc=None, parts=None):
+    """NIfTI derivatives as the participant level writes them (mask, brain mask, sidecars)."""
+    img = nib.load(bids / relpath)
+    planned = plan_outputs(out_dir, relpath)
+    vox = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    for key, data in (("hemorrhage_mask", hemorrhage), ("brain_mask", brain)):
+        planned[key].parent.mkdir(parents=True, exist_ok=True)
+        nib.Nifti1Image(data.astype(np.uint8), img.affine).to_filename(planned[key])
+    meta = {"HemorrhageVolume": round(float(hemorrhage.sum() * vox), 3), "HemorrhageVolumeUnits": "mL",
+            "BrainVolume": round(float(brain.sum() * vox), 3), "QC": qc or {}, "Warnings": []}
+    Path(str(planned["hemorrhage_mask"]).replace(".nii.gz", ".json")).write_text(json.dumps(meta))
+    Path(str(planned["brain_mask"]).replace(".nii.gz", ".json")).write_text(json.dumps({"BrainVolume": 1}))
+    out_files = []
+    if parts is not None:  # an ICH/IVH dseg as another step writes it
+        dseg = Path(str(planned["hemorrhage_mask"]).replace("_desc-hemorrhage_mask", "_desc-hemorrhage_dseg"))
+        nib.Nifti1Image(parts.astype(np.uint8), img.affine).to_filename(dseg)
+        Path(str(dseg).replace(".nii.gz", ".tsv")).write_text("index\tname\n1\tICH\n2\tIVH\n")
+        out_files.append(str(dseg))
+    return planned, meta, out_files
+
+
+def _config(bids, out_dir, **kw):
+    return {"bids_dir": str(bids), "output_dir": str(out_dir), "threshold": 0.5,
+            "model_spec": {"id": "synthetic-demo", "sha256": "ab" * 32, "version": "1"}, **kw}
+
+
+@pytest.fixture(scope="module")
+def ge_outputs(bids, tmp_path_factory):
+    """A synthetic 25 mL lobar hematoma (with a ventricular part) in the converted tilted head."""
+    from deepbleed_bids.brain import extract_brain
+    from deepbleed_bids.ct import clamp_hu
+
+    img = nib.load(bids / GE_REL)
+    hu = np.asanyarray(img.dataobj)
+    brain = np.asarray(extract_brain(clamp_hu(hu), img.affine)) > 0
+    hem, _ = synth.hematoma_mask(brain, img.affine, 25.0, rng=np.random.default_rng(3), location="lobar",
+                                 image=hu)
+    x = np.indices(hem.shape)[0]  # one side labelled "IVH": a two-part dseg
+    parts = np.where(hem, np.where(x > np.median(np.nonzero(hem)[0]), 2, 1), 0).astype(np.uint8)
+    out_dir = tmp_path_factory.mktemp("ge_out")
+    qc = {"Pass": False, "Flags": {"skull_contact": "near bone"}, "Metrics": {"ABC2Volume": 23.5}}
+    planned, meta, out_files = _derivatives(bids, out_dir, GE_REL, hem, brain, qc, parts)
+    config = _config(bids, out_dir)
+    entry = write_dicom(config, {"relpath": GE_REL}, planned, out_files)
+    record(planned, entry)
+    deid_dir = tmp_path_factory.mktemp("ge_deid")
+    planned2, _, _ = _derivatives(bids, deid_dir, GE_REL, hem, brain, qc)
+    write_dicom(_config(bids, deid_dir, dicom_deidentify=True), {"relpath": GE_REL}, planned2)
+    return {"out": out_dir, "planned": planned, "meta": meta, "entry": entry, "img": img, "hem": hem,
+            "parts": parts, "paths": dicom_paths(out_dir, GE_REL), "deid": dicom_paths(deid_dir, GE_REL)}
+
+
+def test_sources_recorded_by_dicom2bids(bids, data_dir):
+    files = find_source(bids, GE_REL)
+    assert len(files) == 28 and all(Path(f).parent == (data_dir / "dicom" / "ge-head-tilt").resolve()
+                                    for f in files)
+    assert wanted({"bids_dir": str(bids), "dicom_output": None}, {"relpath": GE_REL})
+    assert not wanted({"bids_dir": str(bids), "dicom_output": False}, {"relpath": GE_REL})
+    assert find_source(bids, "sub-none/ct/sub-none_ct.nii.gz") is None
+    # the CT sidecars (BIDS) hold no UID or patient identifier of the source
+    sidecar = (bids / GE_REL.replace(".nii.gz", ".json")).read_text()
+    assert "QMNx85rKkkg" not in sidecar and "SeriesInstanceUID" not in sidecar
+
+
+def test_seg_frames_lie_on_the_tilted_source_slices(ge_outputs, bids):
+    import highdicom as hd
+
+    seg = hd.seg.segread(ge_outputs["paths"]["seg"])
+    sources = {str(ds.SOPInstanceUID): ds for ds in S.read_series(find_source(bids, GE_REL))}
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == \
+        str(next(iter(sources.values())).SeriesInstanceUID)
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == \
+        ["Hemorrhage (ICH+IVH)", "Intracerebral hemorrhage", "Intraventricular hemorrhage", "Brain"]
+    iop = np.asarray(seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient)
+    assert abs(np.degrees(np.arccos(iop[4]))) == pytest.approx(18.5, abs=0.1)  # the gantry tilt, kept
+    frames = S.frame_sources(seg)
+    assert len(frames) == seg.NumberOfFrames
+    for _, uid, ipp in frames:  # each frame sits exactly on the plane of the source slice it references
+        assert np.allclose(ipp, sources[uid].ImagePositionPatient, atol=1e-3)
+        assert np.allclose(iop, sources[uid].ImageOrientationPatient, atol=1e-6)
+    # the hemorrhage lies where the NIfTI has it: world centroids agree (the sheared equidistant
+    # grid would put it ~10 mm off at this tilt)
+    pixels = seg.pixel_array.reshape((-1, seg.Rows, seg.Columns))
+    ordered = list(sources)
+    widths = dict(zip(ordered, S.slab_widths(list(sources.values()))))
+    points, weights = [], []
+    for i, (number, uid, _) in enumerate(frames):
+        if number == 1 and pixels[i].any():
+            world = S.slice_world(sources[uid])[pixels[i] > 0]
+            points.append(world)
+            weights.append(np.full(len(world), widths[uid]))
+    seg_centroid = np.average(np.concatenate(points), axis=0, weights=np.concatenate(weights))
+    img = ge_outputs["img"]
+    ijk = np.argwhere(ge_outputs["hem"])
+    nifti_centroid = (img.affine[:3, :3] @ ijk.mean(0)) + img.affine[:3, 3]
+    assert np.linalg.norm(seg_centroid - nifti_centroid) < 1.5
+
+
+def test_seg_volumes_match_the_sidecar(ge_outputs, bids):
+    import highdicom as hd
+
+    seg = hd.seg.segread(ge_outputs["paths"]["seg"])
+    vol = S.segment_volumes(seg, S.read_series(find_source(bids, GE_REL)))
+    meta = ge_outputs["meta"]
+    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.02)
+    assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.02)
+    vox = abs(np.linalg.det(ge_outputs["img"].affine[:3, :3])) / 1000
+    for label, value in (("Intracerebral hemorrhage", 1), ("Intraventricular hemorrhage", 2)):
+        assert vol[label] == pytest.approx(np.count_nonzero(ge_outputs["parts"] == value) * vox, rel=0.03)
+    assert ge_outputs["entry"]["SegmentationVolumes"]["hemorrhage"] == pytest.approx(vol["Hemorrhage (ICH+IVH)"],
+                                                                                   abs=1e-3)
+
+
+def test_sr_reads_back_the_volumes_qc_and_model(ge_outputs):
+    meta = ge_outputs["meta"]
+    report = read_report(str(ge_outputs["paths"]["sr"]))
+    hem = report["Hemorrhage (ICH+IVH)"]
+    assert hem["volume_ml"] == pytest.approx(meta["HemorrhageVolume"])
+    assert hem["abc2_ml"] == pytest.approx(23.5)
+    assert "Usable - Does not meet the quality control standard" in hem["qc"] and "skull contact" in hem["qc"]
+    assert report["Brain"]["volume_ml"] == pytest.approx(meta["BrainVolume"])
+    assert {"Intracerebral hemorrhage", "Intraventricular hemorrhage"} <= set(report)
+    sr = pydicom.dcmread(ge_outputs["paths"]["sr"])
+    seg = pydicom.dcmread(ge_outputs["paths"]["seg"])
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert str(evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) == str(seg.SOPInstanceUID)
+    text = " ".join(str(e.value) for e in sr.iterall() if e.VR != "SQ")
+    assert "synthetic-demo" in text and "sha256=" + "ab" * 32 in text
+
+
+@pytest.mark.parametrize("kind", ["seg", "sr"])
+def test_dciodvfy_no_errors(ge_outputs, kind):
+    assert dciodvfy(ge_outputs["paths"][kind]) == []
+    assert dciodvfy(ge_outputs["deid"][kind]) == []
+
+
+def test_identifiers_only_in_dicom_and_deidentify(ge_outputs):
+    src_id = "QMNx85rKkkg"  # PatientID of the GE head
+    for path in ge_outputs["paths"].values():
+        assert pydicom.dcmread(path).PatientID == src_id
+    for path in ge_outputs["deid"].values():
+        ds = pydicom.dcmread(path)
+        assert ds.PatientID == "" and ds.PatientIdentityRemoved == "YES"
+    sidecar = Path(str(ge_outputs["planned"]["hemorrhage_mask"]).replace(".nii.gz", ".json")).read_text()
+    assert src_id not in sidecar and "1.2.840" not in sidecar and "DicomOutputs" in sidecar
+    entry = json.loads(sidecar)["DicomOutputs"]
+    assert entry["Segmentation"] == "bids::sub-ge/dicom/sub-ge_acq-soft_desc-hemorrhage_seg.dcm"
+    assert (ge_outputs["out"] / ".bidsignore").read_text().splitlines() == [BIDSIGNORE]
+
+
+def test_untilted_phantom(bids, tmp_path):
+    """Philips phantom (no tilt, 5 mm): a 20 mL sphere through SEG and SR, validated."""
+    import highdicom as hd
+
+    img = nib.load(bids / PH_REL)
+    ijk = np.indices(img.shape[:3]).reshape(3, -1).T
+    world = ijk @ img.affine[:3, :3].T + img.affine[:3, 3]
+    center = img.affine[:3, :3] @ (np.array(img.shape[:3]) / 2) + img.affine[:3, 3]
+    dist = np.linalg.norm(world - center, axis=1).reshape(img.shape[:3])
+    radius = (20.0 * 1000 * 3 / (4 * np.pi)) ** (1 / 3)
+    planned, meta, _ = _derivatives(bids, tmp_path, PH_REL, dist <= radius, dist <= 60.0)
+    write_dicom(_config(bids, tmp_path), {"relpath": PH_REL}, planned)
+    paths = dicom_paths(tmp_path, PH_REL)
+    seg = hd.seg.segread(paths["seg"])
+    sources = S.read_series(find_source(bids, PH_REL))
+    vol = S.segment_volumes(seg, sources)
+    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.02)
+    assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.02)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    assert all(np.allclose(ipp, by_uid[uid].ImagePositionPatient, atol=1e-3) for _, uid, ipp in S.frame_sources(seg))
+    assert read_report(str(paths["sr"]))["Brain"]["volume_ml"] == pytest.approx(meta["BrainVolume"])
+    assert dciodvfy(paths["seg"]) == [] and dciodvfy(paths["sr"]) == []
+
+
+def test_failure_is_a_warning_and_keeps_the_nifti(bids, tmp_path):
+    """A CT without a recorded source: the real nipype interface records why, the NIfTI stays."""
+    from deepbleed_bids.interfaces.dicom import WriteDicom
+
+    rel = "sub-other/ct/sub-other_ct.nii.gz"
+    (bids / "sub-other" / "ct").mkdir(parents=True, exist_ok=True)
+    shutil.copy(bids / PH_REL, bids / rel)
+    brain = np.zeros(nib.load(bids / rel).shape[:3], bool)
+    brain[100:200, 100:200, 5:20] = True
+    planned, _, _ = _derivatives(bids, tmp_path, rel, brain, brain)
+    before = planned["hemorrhage_mask"].read_bytes()
+    result = WriteDicom(config=_config(bids, tmp_path, dicom_output=True), source={"relpath": rel},
+                        out_files=[str(planned["hemorrhage_mask"])]).run()
+    assert result.outputs.out_files == [] and "no source DICOM series recorded" in result.outputs.error
+    meta = json.loads(Path(str(planned["hemorrhage_mask"]).replace(".nii.gz", ".json")).read_text())
+    assert any("DICOM output not written" in w for w in meta["Warnings"])
+    assert planned["hemorrhage_mask"].read_bytes() == before
+    assert not (tmp_path / "sub-other" / "dicom").exists()
+
+
+def test_missing_source_file_is_named(bids, tmp_path):
+    files = find_source(bids, GE_REL)[:3] + [str(tmp_path / "gone.dcm")]
+    with pytest.raises(Exception, match="gone.dcm is missing"):
+        S.read_series(files)
+
+
+def test_flags_parse():
+    from deepbleed_bids.cli.parser import build_parser
+    from deepbleed_bids.cli.run import config_from_args
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["b", "o", "participant"])).dicom_output is None
+    cfg = config_from_args(parse(["b", "o", "participant", "--dicom-output", "--dicom-deidentify"]))
+    assert cfg.dicom_output is True and cfg.dicom_deidentify is True
+    assert config_from_args(parse(["b", "o", "participant", "--no-dicom-output"])).dicom_output is False
+
+
+def test_run_py_writes_dicom_for_a_dicom2bids_dataset(bids, asset_home, tmp_path):
+    """End to end: run.py on the converted tilted head (automatic DICOM output), synthetic-demo model."""
+    out = tmp_path / "out"
+    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
+    proc = subprocess.run([sys.executable, str(RUN_PY), str(bids), str(out), "participant",
+                           "--participant-label", "ge", "--model", "synthetic-demo",
+                           "--work-dir", str(tmp_path / "work"), "--nprocs", "2"],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    planned = plan_outputs(out, GE_REL)
+    meta = json.loads(Path(str(planned["hemorrhage_mask"]).replace(".nii.gz", ".json")).read_text())
+    assert "DicomOutputs" in meta, meta.get("Warnings")
+    paths = dicom_paths(out, GE_REL)
+    import highdicom as hd
+
+    vol = S.segment_volumes(hd.seg.segread(paths["seg"]), S.read_series(find_source(bids, GE_REL)))
+    assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.02)
+    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.02, abs=0.2)
+    assert read_report(str(paths["sr"]))["Hemorrhage (ICH+IVH)"]["volume_ml"] == \
+        pytest.approx(meta["HemorrhageVolume"])
+    assert dciodvfy(paths["seg"]) == [] and dciodvfy(paths["sr"]) == []
