@@ -16,7 +16,7 @@ from ..errors import InputError
 from ..utils import atomic_path, write_json_atomic, write_text_atomic
 from .sources import find_source
 
-BIDSIGNORE = "**/dicom/"  # DICOM objects are not BIDS files; the validator must skip them
+BIDSIGNORE = "**/dicom"  # DICOM objects are not BIDS files; the validator must skip them
 _ICH = re.compile(r"\b(ich|iph|intracerebral|intraparenchymal|parenchym)", re.I)
 _IVH = re.compile(r"\b(ivh|intraventricular|ventric)", re.I)
 
