@@ -245,6 +245,26 @@ def test_failure_is_a_warning_and_keeps_the_nifti(bids, tmp_path):
     assert not (tmp_path / "sub-other" / "dicom").exists()
 
 
+def test_identifying_source_path_is_not_recorded(data_dir, tmp_path):
+    """A folder named after the patient: the BIDS dataset stays free of it; DICOM output says why not."""
+    from deepbleed_bids.dicom.sources import lookup, sources_path
+
+    src = tmp_path / "Doe_Janeth"
+    src.mkdir()
+    for path in sorted((data_dir / "dicom" / "ge-head-tilt").iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "Doe^Janeth"
+        ds.save_as(src / path.name)
+    bids = tmp_path / "bids"
+    assert convert_session(src, bids, "01").ok
+    assert "Janeth" not in sources_path(bids, "01").read_text()
+    rel = "sub-01/ct/sub-01_acq-soft_ct.nii.gz"
+    assert "patient identifier" in lookup(bids, rel)["NotRecorded"] and find_source(bids, rel) is None
+    assert wanted({"bids_dir": str(bids), "dicom_output": None}, {"relpath": rel})  # so the reason is shown
+    with pytest.raises(Exception, match="rename the folder"):
+        write_dicom(_config(bids, tmp_path / "out"), {"relpath": rel}, plan_outputs(tmp_path / "out", rel))
+
+
 def test_missing_source_file_is_named(bids, tmp_path):
     files = find_source(bids, GE_REL)[:3] + [str(tmp_path / "gone.dcm")]
     with pytest.raises(Exception, match="gone.dcm is missing"):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..utils import atomic_path, write_json_atomic, write_text_atomic
-from .sources import find_source
+from .sources import lookup
 
 BIDSIGNORE = "**/dicom"  # DICOM objects are not BIDS files; the validator must skip them
 _ICH = re.compile(r"\b(ich|iph|intracerebral|intraparenchymal|parenchym)", re.I)
@@ -26,7 +26,7 @@ def wanted(config, source):
     choice = config.get("dicom_output")
     if choice is not None:
         return bool(choice)
-    return find_source(config["bids_dir"], source["relpath"]) is not None
+    return lookup(config["bids_dir"], source["relpath"]) is not None
 
 
 def dicom_paths(out_dir, relpath):
@@ -75,11 +75,11 @@ def write_dicom(config, source, planned, out_files=()):
     from .sr import build_report
 
     out_dir = Path(config["output_dir"])
-    files = find_source(config["bids_dir"], source["relpath"])
-    if not files:
-        raise InputError("no source DICOM series recorded for this CT (datasets converted by "
-                         "`deepbleed-bids dicom2bids` record it in sourcedata/dicom2bids/)")
-    datasets = S.read_series(files)
+    entry = lookup(config["bids_dir"], source["relpath"]) or {}
+    if not entry.get("Files"):
+        raise InputError(entry.get("NotRecorded") or "no source DICOM series recorded for this CT "
+                         "(datasets converted by `deepbleed-bids dicom2bids` record it in sourcedata/dicom2bids/)")
+    datasets = S.read_series(entry["Files"])
     sidecar_path = Path(str(planned["hemorrhage_mask"]).replace(".nii.gz", ".json"))
     sidecar = json.loads(sidecar_path.read_text())
     hem_img = nib.load(str(planned["hemorrhage_mask"]))

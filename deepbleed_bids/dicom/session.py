@@ -116,7 +116,7 @@ def convert_session(dicom_dir, bids_dir, participant, session=None):
             # where each CT's source series is, for DICOM results that reference it
             rel = dest.relative_to(bids_dir)
             record = sources_record([(rel / f"{names[id(image)]}.nii.gz", origin[id(image)])
-                                     for _, image in kept])
+                                     for _, image in kept], ids)
             _atomic_write(sources_path(bids_dir, participant, session), json.dumps(record, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
