@@ -271,6 +271,12 @@ def test_missing_source_file_is_named(bids, tmp_path):
         S.read_series(files)
 
 
+def test_dicom_folder_per_session(tmp_path):
+    paths = dicom_paths(tmp_path, "sub-01/ses-2/ct/sub-01_ses-2_acq-soft_run-1_ct.nii.gz")
+    assert paths["seg"] == tmp_path / "sub-01/ses-2/dicom/sub-01_ses-2_acq-soft_run-1_desc-hemorrhage_seg.dcm"
+    assert paths["sr"].name == "sub-01_ses-2_acq-soft_run-1_desc-volumes_sr.dcm"
+
+
 def test_flags_parse():
     from deepbleed_bids.cli.parser import build_parser
     from deepbleed_bids.cli.run import config_from_args

@@ -93,7 +93,7 @@ def build_report(seg, measures, model, series_number=None, deidentify_output=Fal
                                      imaging_measurements=groups)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[seg], content=report, series_instance_uid=hd.UID(),
-        series_number=series_number or _derived_number(seg, 2) + 1, sop_instance_uid=hd.UID(),
+        series_number=series_number or _derived_number(seg, 2), sop_instance_uid=hd.UID(),
         instance_number=1, manufacturer="deepbleed-bids", is_complete=True, is_final=False,
         series_description=f"DeepBleed volumes ({name[:30]})")
     scheme = Dataset()  # declare the private coding scheme used above
