@@ -6,6 +6,7 @@ is sampled from the NIfTI at the world position of every pixel of one source
 slice (its ImagePositionPatient, ImageOrientationPatient, PixelSpacing), never
 on the corrected grid. Pure numerical/DICOM code: no nipype.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,13 +202,20 @@ def build_segmentation(datasets, masks, model, series_number=None, deidentify_ou
     """
     import highdicom as hd
 
-    from .. import __version__
-
     algorithm = algorithm_identification(model)
     kinds = list(masks)
     pixels = np.stack([np.asarray(masks[k], bool) for k in kinds], axis=-1).astype(np.uint8)
     src = datasets[0]
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():  # single-part source names ("REMOVED", "HEAD") are copied as they are
+        warnings.filterwarnings("ignore", message="The string .* person name", category=UserWarning)
+        seg = _segmentation(hd, datasets, pixels, kinds, algorithm, model, src, series_number)
+    return finish(seg, src, deidentify_output)
+
+
+def _segmentation(hd, datasets, pixels, kinds, algorithm, model, src, series_number):
+    from .. import __version__
+
+    return hd.seg.Segmentation(
         source_images=datasets, pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment_description(i + 1, k, algorithm) for i, k in enumerate(kinds)],
@@ -219,7 +227,6 @@ def build_segmentation(datasets, masks, model, series_number=None, deidentify_ou
         content_creator_name="deepbleed-bids^",
         omit_empty_frames=bool(pixels.any()),  # all empty: keep every frame (a SEG needs one)
         series_description=f"DeepBleed segmentation ({str(model.get('id') or '')[:30]})")
-    return finish(seg, src, deidentify_output)
 
 
 def finish(ds, src, deidentify_output):

@@ -5,6 +5,8 @@ present, brain), each referencing its segment; the hemorrhage group adds ABC/2
 and the QC verdict and flags. The model (name, version, sha256) is the
 algorithm of every measurement. Pure DICOM code: no nipype.
 """
+import warnings
+
 import numpy as np
 
 from .seg import _derived_number, finish
@@ -24,7 +26,6 @@ def _code(value, meaning):
 
 def _ml(name, value, algorithm, method=None):
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     return hd.sr.Measurement(name=name, value=float(value), method=method, algorithm_id=algorithm,
                              unit=hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter"))
@@ -91,11 +92,13 @@ def build_report(seg, measures, model, series_number=None, deidentify_output=Fal
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.LN.CTUnspecifiedBodyRegion
                                      if not hasattr(codes.LN, "HeadCT") else codes.LN.HeadCT,
                                      imaging_measurements=groups)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg], content=report, series_instance_uid=hd.UID(),
-        series_number=series_number or _derived_number(seg, 2), sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="deepbleed-bids", is_complete=True, is_final=False,
-        series_description=f"DeepBleed volumes ({name[:30]})")
+    with warnings.catch_warnings():  # single-part source names are copied as they are
+        warnings.filterwarnings("ignore", message="The string .* person name", category=UserWarning)
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[seg], content=report, series_instance_uid=hd.UID(),
+            series_number=series_number or _derived_number(seg, 2), sop_instance_uid=hd.UID(),
+            instance_number=1, manufacturer="deepbleed-bids", is_complete=True, is_final=False,
+            series_description=f"DeepBleed volumes ({name[:30]})")
     scheme = Dataset()  # declare the private coding scheme used above
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = "deepbleed-bids codes"
