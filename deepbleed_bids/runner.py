@@ -34,6 +34,9 @@ def check_dirs(config):
         raise InputError(f"write outputs to a folder inside {out_dir} (e.g. {out_dir / 'deepbleed'}), "
                          "not to derivatives/ itself.")
     existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputError(f"output folder {config.output_dir} cannot be written: {existing} is a file, not a "
+                         "folder. Choose another output folder.")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(
             f"output folder {config.output_dir} cannot be written ({existing} is not writable by this "
