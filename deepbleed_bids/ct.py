@@ -42,7 +42,9 @@ def load_ct(path):
             "CT volume. Remove it from the dataset or use the axial series."
         )
     rzs = np.asarray(img.affine, float)[:3, :3]
-    coverage = float(np.abs(rzs[2]) @ np.array(shape, float))
+    # along the voxel axis closest to head-foot (the slice axis of an axial scan, tilted or not)
+    axis = int(np.argmax(np.abs(rzs[2]) / np.linalg.norm(rzs, axis=0)))
+    coverage = float(abs(rzs[2, axis]) * shape[axis])
     if coverage < MIN_COVERAGE_MM:
         raise InputError(
             f"{path}: covers only {coverage:.0f} mm from feet to head (shape {shape}): partial coverage, "

@@ -5,6 +5,7 @@ workers and anything they started), then unwinds normally so that temporary
 folders are removed; the run ends with one line and exit code 128 + signal
 (143 for SIGTERM, 130 for SIGINT). A second signal exits at once.
 """
+import logging
 import os
 import signal
 import time
@@ -78,6 +79,8 @@ def run_stoppable(func, *args, log=print):
             return
         for sig in SIGNALS:
             signal.signal(sig, second)
+        # the pool reports its killed workers with a traceback: expected here, not news
+        logging.getLogger("concurrent.futures").disabled = True
         stop_processes(descendants(owner))
         raise Interrupted(signum)
 

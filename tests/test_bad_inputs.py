@@ -209,7 +209,7 @@ IMAGE_KINDS = [
          "scout/localizer", _scout),
     Kind("MRI-like intensities", "refused: not a head CT in Hounsfield units (an MRI?)", "an MRI?", _mri),
     Kind("CT without rescale (air at 0)", "refused, with the hint that RescaleIntercept is missing",
-         "without RescaleIntercept", _data(lambda d: d + 1024, np.uint16)),
+         "without RescaleIntercept", _data(lambda d: np.clip(d, -1024, 3071) + 1024, np.uint16)),
     Kind("partial coverage (5 cm)", "refused: partial coverage, not the whole brain", "partial coverage",
          _partial),
     Kind("not a valid BIDS name (space in a label)", "refused: not a valid BIDS file name, rename it",
