@@ -368,7 +368,8 @@ def test_bad_image_refused_alone(corpus, kind):
     assert kind.expect.lower() in reason.lower(), reason
     assert Path(rel).name in reason, f"the message does not name the file: {reason}"
     assert "/work/" not in reason and "deepbleed_wf" not in reason  # no work-folder paths
-    assert _outputs_of(corpus["out"], rel) == []  # nothing half-written
+    assert _outputs_of(corpus["out"], rel) == []  # nothing written for it ...
+    assert not list((corpus["out"] / Path(rel).parent).glob(".*"))  # ... not even a temporary file
     record = json.loads((corpus["out"] / Path(rel).parts[0] / "log" /
                          (Path(rel).name.split("_ct.nii")[0] + "_failure.json")).read_text())
     assert record["Source"] == rel and kind.expect.lower() in record["Reason"].lower()
