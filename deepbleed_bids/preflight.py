@@ -48,8 +48,8 @@ def preflight(images):
         except InputError as err:
             failures.append((source["relpath"], str(err)))
         except Exception as err:  # noqa: BLE001 - anything else is still this image's problem
-            failures.append((source["relpath"], f"{source['relpath']}: cannot be checked "
-                             f"({type(err).__name__}: {err}); convert it again with dcm2niix."))
+            why = f"{source['relpath']}: cannot be checked ({type(err).__name__}: {err}); convert it again with dcm2niix."
+            failures.append((source["relpath"], why))
         else:
             good.append(source)
     return good, failures

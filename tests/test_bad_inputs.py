@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,7 +299,7 @@ def heads(head_and_brain):
 
     nib = _nib()
     head, brain = head_and_brain
-    big, truth, info = synth.insert_hematoma(head, brain, GOOD_ML, rng=np.random.default_rng(1007),
+    big, _, info = synth.insert_hematoma(head, brain, GOOD_ML, rng=np.random.default_rng(1007),
                                              location="deep", shape_seed=7)
     aff = big.affine.copy()
     aff[:3, :2] *= 2
@@ -447,11 +446,7 @@ def test_participants_tsv_problems_are_warnings_naming_file_and_line(tmp_path, c
         assert table is None
     else:
         assert list(table["participant_id"]) == ["sub-01", "sub-02"]
-        assert [None if pd_isna(s) else s for s in table["site"]] == sites
-
-
-def pd_isna(value):
-    return value is None or value != value
+        assert [None if isinstance(s, float) and np.isnan(s) else s for s in table["site"]] == sites
 
 
 # ---------------------------------------------------------------- dataset-level failures
@@ -464,7 +459,7 @@ def dataset_runs(heads, asset_home, template_path, tmp_path_factory):
 
     from deepbleed_bids.testing import write_bids_dataset
 
-    big, small, _ = heads
+    _, small, _ = heads
     root = tmp_path_factory.mktemp("baddatasets")
     bids = write_bids_dataset(root / "bids", {"sub-01/ct/sub-01_ct.nii.gz": small})
     empty = write_bids_dataset(root / "empty", {})
@@ -611,6 +606,16 @@ def test_rerun_after_stop_resumes(stopped_runs, heads):
     assert proc.returncode == 0, proc.stderr[-3000:]
     vol = _volume(stopped_runs["out"], GOOD)["HemorrhageVolume"]
     assert vol == pytest.approx(heads[2]["volume_ml"], rel=0.15)
+
+
+
+def test_failure_messages_hide_work_folder_paths(tmp_path):
+    from deepbleed_bids.preflight import user_reason
+
+    work = tmp_path / "work"
+    reason = f"InputError: {work}/deepbleed_wf/sub_01_wf/clamp/sub-01_ct_clamped.nii.gz: no brain found"
+    assert user_reason(reason, str(work)) == "InputError: sub-01_ct_clamped.nii.gz: no brain found"
+    assert user_reason(reason, "") == reason
 
 
 if __name__ == "__main__":
