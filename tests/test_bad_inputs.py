@@ -608,7 +608,6 @@ def test_rerun_after_stop_resumes(stopped_runs, heads):
     assert vol == pytest.approx(heads[2]["volume_ml"], rel=0.15)
 
 
-
 def test_failure_messages_hide_work_folder_paths(tmp_path):
     from deepbleed_bids.preflight import user_reason
 
