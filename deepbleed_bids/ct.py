@@ -7,6 +7,9 @@ from .errors import InputError
 HU_MIN, HU_MAX = -1024, 3071
 MIN_SLICES = 8
 MIN_EXTENT_MM = 40.0
+MIN_COVERAGE_MM = 80.0  # head-to-foot extent below which the brain cannot be covered
+VOXEL_MM = (0.1, 10.0)  # plausible voxel sizes of a head CT
+_REDO = "Convert the DICOM series again with dcm2niix (`deepbleed-bids dicom2bids`)."
 
 
 def load_ct(path):
@@ -15,8 +18,12 @@ def load_ct(path):
         img = nib.load(str(path))
         shape = img.shape
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for bad files
-        raise InputError(f"{path}: cannot be read as NIfTI ({err}). Re-convert it with dcm2niix "
+        raise InputError(f"{path}: cannot be read as NIfTI ({_why(err)}). Re-convert it with dcm2niix "
                          "(deepbleed-bids dicom2bids).") from err
+    if img.get_data_dtype().names:  # RGB(A) and other structured types
+        raise InputError(f"{path}: a colour (RGB) image, not a CT volume in Hounsfield units (a "
+                         f"screenshot or secondary capture?). {_REDO}")
+    check_voxels(img, path)
     if len(shape) == 4 and shape[3] == 1:
         img = img.slicer[..., 0]
         shape = img.shape
@@ -34,7 +41,77 @@ def load_ct(path):
             f"(shape {shape}): a 2D image such as a scout/localizer or a single slice, not a head "
             "CT volume. Remove it from the dataset or use the axial series."
         )
+    rzs = np.asarray(img.affine, float)[:3, :3]
+    # along the voxel axis closest to head-foot (the slice axis of an axial scan, tilted or not)
+    axis = int(np.argmax(np.abs(rzs[2]) / np.linalg.norm(rzs, axis=0)))
+    coverage = float(abs(rzs[2, axis]) * shape[axis])
+    if coverage < MIN_COVERAGE_MM:
+        raise InputError(
+            f"{path}: covers only {coverage:.0f} mm from feet to head (shape {shape}): partial coverage, "
+            f"not a head CT of the whole brain (at least {MIN_COVERAGE_MM:.0f} mm), so volumes would be "
+            "incomplete. Use the series that covers the whole head.")
     return img
+
+
+def _why(err):
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def check_voxels(img, path):
+    """Refuse a header whose voxel sizes or voxel-to-world affine make volumes meaningless."""
+    hdr = _raw_header(img, path)
+    pixdim = np.asarray(hdr["pixdim"][1:4], float) if "pixdim" in hdr else np.ones(3)
+    codes = [int(hdr[c]) for c in ("qform_code", "sform_code") if c in hdr]
+    shown = ", ".join(f"{v:g}" for v in pixdim)
+    if not np.isfinite(pixdim).all():
+        raise InputError(f"{path}: the header's voxel sizes (pixdim {shown}) are not numbers; the header "
+                         f"is damaged. {_REDO}")
+    if codes and not any(codes) and (pixdim <= 0).any():
+        raise InputError(f"{path}: the header gives no orientation (qform and sform codes 0) and voxel "
+                         f"sizes {shown} mm: the true voxel size is unknown, so no volume can be measured. "
+                         f"{_REDO}")
+    if (pixdim <= 0).any():
+        raise InputError(f"{path}: zero or negative voxel size(s) in the header (pixdim {shown}); NIfTI voxel "
+                         "sizes must be positive (a flip belongs in the affine), and tools disagree on how to "
+                         f"read such a header. {_REDO}")
+    rzs = np.asarray(img.affine, float)[:3, :3]
+    if not np.isfinite(rzs).all():
+        raise InputError(f"{path}: the voxel-to-world affine holds NaN or infinite values. {_REDO}")
+    zooms = np.linalg.norm(rzs, axis=0)
+    if zooms.min() < 1e-6 or abs(np.linalg.det(rzs)) < 1e-3 * np.prod(zooms):
+        raise InputError(f"{path}: the voxel-to-world affine is singular (voxel axes of length "
+                         f"{', '.join(f'{z:g}' for z in zooms)} mm that do not span 3D space), so voxel "
+                         f"positions and volumes are undefined. {_REDO}")
+    lo, hi = VOXEL_MM
+    if zooms.min() < lo or zooms.max() > hi:
+        raise InputError(f"{path}: voxel size {' x '.join(f'{z:.4g}' for z in zooms)} mm is implausible "
+                         f"for a head CT (expected {lo:g} to {hi:g} mm per axis); the header's voxel sizes or "
+                         f"units are wrong, and every volume would be wrong with them. {_REDO}")
+
+
+def _raw_header(img, path):
+    """The header as stored: nibabel silently replaces zero/negative pixdim on load."""
+    from nibabel.openers import ImageOpener
+
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        return img.header
+    try:
+        with ImageOpener(str(path)) as fobj:
+            return type(img.header).from_fileobj(fobj, check=False)
+    except Exception:  # noqa: BLE001 - the loaded header is still checked
+        return img.header
+
+
+def read_ct(path):
+    """:func:`load_ct` and its intensities (float32); a truncated or damaged file is an InputError."""
+    img = load_ct(path)
+    try:
+        data = img.get_fdata(dtype="float32")
+    except Exception as err:  # noqa: BLE001 - gzip/zlib/numpy raise EOFError, OSError, ValueError...
+        raise InputError(f"{path}: the image data cannot be read ({_why(err)}); the file is truncated or "
+                         "damaged (an interrupted copy or download?). Copy or convert it again.") from err
+    return img, data
 
 
 def check_hounsfield(data, path):

@@ -149,12 +149,90 @@ def read_tsv(path):
         return None
 
 
-def add_participants(df, participants_tsv):
-    """Join participants.tsv columns (by participant_id)."""
-    info = read_tsv(participants_tsv) if participants_tsv else None
-    if info is None or "participant_id" not in info.columns:
+def normalise_id(value):
+    """``01`` and ``sub-01`` -> ``sub-01`` (BIDS ids carry the prefix; users often drop it)."""
+    value = str(value).strip()
+    return value if value.startswith("sub-") else "sub-" + value
+
+
+def read_participants(path, problems=None):
+    """participants.tsv as strings, read leniently: every problem is appended to ``problems``
+    (``{"file", "problem"}`` naming the line) instead of silently dropping the table.
+
+    Accepted with a warning: Latin-1 text, comma separation, ragged rows (padded with n/a or
+    cut), ids without ``sub-``, duplicate ids (the first row is used). Returns None (with a
+    warning) for an empty file or one without a ``participant_id`` header.
+    """
+    import csv
+    import io
+
+    path = Path(path)
+    problems = problems if problems is not None else []
+    where = str(path)
+
+    def warn(text):
+        problems.append({"file": where, "problem": text})
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        warn(f"cannot be read ({err.strerror}); participant columns are left out.")
+        return None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        warn(f"line {line}: not UTF-8 text; read as Latin-1. Save the file as UTF-8.")
+        text = raw.decode("latin-1")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        warn("empty: no header line and no participants; participant columns are left out.")
+        return None
+    sep = "\t"
+    if "\t" not in lines[0][1] and "," in lines[0][1]:
+        sep = ","
+        warn("line 1: comma-separated; BIDS .tsv files are tab-separated (read with commas anyway).")
+    rows = [(n, [c.strip() for c in next(csv.reader(io.StringIO(line), delimiter=sep))]) for n, line in lines]
+    header = rows[0][1]
+    if "participant_id" not in header:
+        first = header[0] if header else ""
+        what = (f"has no header line (line 1 starts with {first!r}, a participant)" if first.startswith("sub-")
+                else f"has no participant_id column (line 1: {', '.join(header)})")
+        warn(f"{what}; the first line must name the columns, starting with participant_id. "
+             "Participant columns are left out.")
+        return None
+    records, seen = [], {}
+    for n, cells in rows[1:]:
+        if len(cells) != len(header):
+            warn(f"line {n}: {len(cells)} field(s) where the header has {len(header)}; "
+                 + ("missing values read as n/a." if len(cells) < len(header) else "extra values ignored."))
+            cells = (cells + [""] * len(header))[: len(header)]
+        rec = dict(zip(header, cells))
+        pid = rec["participant_id"]
+        if not pid:
+            warn(f"line {n}: no participant_id; row ignored.")
+            continue
+        rec["participant_id"] = normalise_id(pid)
+        if not pid.startswith("sub-"):
+            warn(f"line {n}: participant_id {pid!r} lacks the 'sub-' prefix; read as {rec['participant_id']!r}.")
+        if rec["participant_id"] in seen:
+            warn(f"line {n}: {rec['participant_id']} is listed again (first on line {seen[rec['participant_id']]}); "
+                 "this row is ignored.")
+            continue
+        seen[rec["participant_id"]] = n
+        records.append(rec)
+    df = pd.DataFrame(records, columns=header, dtype=object)
+    return df.replace({"n/a": np.nan, "": np.nan})
+
+
+def add_participants(df, participants_tsv, problems=None):
+    """Join participants.tsv columns (by participant_id); problems with the file go to ``problems``."""
+    info = read_participants(participants_tsv, problems) if participants_tsv else None
+    if info is None:
         return df
-    info = info.drop_duplicates("participant_id")
+    info = info.loc[:, ~info.columns.duplicated()]
     info = info.drop(columns=[c for c in info.columns if c in df.columns and c != "participant_id"])
     return df.merge(info, on="participant_id", how="left")
 
@@ -338,19 +416,48 @@ def longitudinal(df, expansion_ml=6.0, expansion_pct=33.0, post_sessions=(), ses
 # ---------------------------------------------------------------- completeness
 
 
-def missing_outputs(expected, df):
-    """Expected source images (relpaths) without outputs, as a DataFrame with a reason."""
+def missing_outputs(expected, df, reasons=None):
+    """Expected source images (relpaths) without outputs, as a DataFrame with a reason
+    (``reasons``: relpath -> why, e.g. the recorded failure of its last run)."""
     done = set(df["source"]) if len(df) else set()
     have_subject = set(df["participant_id"]) if len(df) else set()
+    reasons = reasons or {}
     rows = []
     for relpath in expected:
         if relpath in done:
             continue
         sub = Path(relpath).parts[0]
         rows.append({"participant_id": sub, "source": relpath,
-                     "reason": "no outputs for this image" if sub in have_subject
-                     else "no outputs for this participant"})
+                     "reason": reasons.get(relpath) or ("no outputs for this image" if sub in have_subject
+                                                        else "no outputs for this participant")})
     return pd.DataFrame(rows, columns=["participant_id", "source", "reason"])
+
+
+def current_outputs(df, out_dir, in_dataset, problems):
+    """Keep the outputs whose source is in the BIDS dataset and whose last run succeeded.
+
+    Returns (kept, reasons): ``reasons`` maps a source whose last run failed to why, so that
+    missing.tsv says it; the stale outputs of such a run are listed in ``problems``.
+    """
+    from .preflight import read_failure
+
+    reasons, keep = {}, []
+    for source, derivative, when in zip(df["source"], df["derivative"], df["date_processed"]):
+        if source not in in_dataset:
+            problems.append({"file": derivative, "problem": f"its source {source or '(unknown)'} is not among "
+                             "the CT images of the BIDS dataset (removed, renamed or not selected); not counted."})
+            keep.append(False)
+            continue
+        failure = read_failure(out_dir, source)
+        keep.append(failure is None)
+        if failure is not None:
+            problems.append({"file": derivative, "problem": f"stale: the last run of {source} failed "
+                             f"({failure.get('Date', '?')}); these outputs of {when} are not counted."})
+    for source in in_dataset:
+        failure = read_failure(out_dir, source)
+        if failure is not None:
+            reasons[source] = f"last run failed ({failure.get('Date', '?')}): {failure.get('Reason', '?')}"
+    return df[keep] if len(df) else df, reasons
 
 
 # ---------------------------------------------------------------- writing
@@ -378,9 +485,10 @@ def _expected_images(config, problems):
                             config.bids_filters)
     except InputError as err:
         problems.append({"file": str(config.bids_dir), "problem": str(err)})
-        return [], {}
+        return [], {}, set()
+    everything = {i["relpath"] for i in images}
     images, _ = select_series(images, config.kernels)
-    return [i["relpath"] for i in images], {i["relpath"]: i.get("metadata", {}) for i in images}
+    return [i["relpath"] for i in images], {i["relpath"]: i.get("metadata", {}) for i in images}, everything
 
 
 def run_group(config, log=print):
@@ -403,19 +511,22 @@ def run_group(config, log=print):
         df = df[df["participant_id"].isin(wanted)]
     if config.session_label:
         df = df[df["session"].isin({strip_label(s, "ses-") for s in config.session_label})]
-    expected, metadata = _expected_images(config, problems)
-    missing = missing_outputs(expected, df)
+    expected, metadata, in_dataset = _expected_images(config, problems)
+    df, reasons = current_outputs(df, out_dir, in_dataset, problems)
+    missing = missing_outputs(expected, df, reasons)
     if df.empty:
         raise InputError(f"nothing to summarise: no hemorrhage outputs (*{MASK_JSON[1:]}) under {out_dir}"
                          + (f"; {len(missing)} CT image(s) of the dataset have none" if len(missing) else "")
                          + ". Run the participant level first.")
     sessions = sessions_tables(config.bids_dir, sorted(df["participant_id"].unique()))
     df = order_scans(df, metadata, sessions)
-    df = add_participants(df, Path(config.bids_dir) / "participants.tsv")
+    df = add_participants(df, Path(config.bids_dir) / "participants.tsv", problems)
     unknown = [c for c in config.group_by if c not in df.columns]
     if unknown:
+        tsv = [f"{p['file']}: {p['problem']}" for p in problems if p["file"].endswith("participants.tsv")]
         raise InputError(f"--group-by {' '.join(unknown)}: no such column in participants.tsv or the volume "
-                         f"table; available: {', '.join(c for c in df.columns if c not in ('report', 'derivative'))}.")
+                         f"table; available: {', '.join(c for c in df.columns if c not in ('report', 'derivative'))}."
+                         + "".join(f"\n  {t}" for t in tsv))
     gdir = out_dir / "group"
     gdir.mkdir(parents=True, exist_ok=True)
     files = {}

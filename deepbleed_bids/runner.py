@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import bids as B
 from .errors import InputError
+from .preflight import preflight, record_outcomes, user_reason
 
 
 def log(msg):
@@ -33,30 +34,14 @@ def check_dirs(config):
         raise InputError(f"write outputs to a folder inside {out_dir} (e.g. {out_dir / 'deepbleed'}), "
                          "not to derivatives/ itself.")
     existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputError(f"output folder {config.output_dir} cannot be written: {existing} is a file, not a "
+                         "folder. Choose another output folder.")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(
             f"output folder {config.output_dir} cannot be written ({existing} is not writable by this "
             f"user, uid {os.getuid()}). Create it with the right owner first (with Docker: "
             "`mkdir -p out` before `docker run -u $(id -u):$(id -g) ...`).")
-
-
-def preflight(images):
-    """Read and check every image before any processing; return (good, failures)."""
-    from .ct import check_hounsfield, load_ct
-
-    good, failures = [], []
-    for source in images:
-        try:
-            img = load_ct(source["path"])
-            check_hounsfield(img.get_fdata(dtype="float32"), source["relpath"])
-            from .registration import check_affine
-
-            check_affine(img, source["relpath"])
-        except InputError as err:
-            failures.append((source["relpath"], str(err)))
-            continue
-        good.append(source)
-    return good, failures
 
 
 def resolve_assets(config):
@@ -139,7 +124,13 @@ def _keep_crash_logs(config, crashes):
 
 
 def run_participant(config):
-    """Participant level; returns the exit code (non-zero if any image failed)."""
+    """Participant level; returns the exit code (non-zero if any image failed, 143/130 when stopped)."""
+    from .signals import run_stoppable
+
+    return run_stoppable(_run_participant, config, log=log)
+
+
+def _run_participant(config):
     from .kernels import select_series
 
     start = time.perf_counter()
@@ -160,6 +151,7 @@ def run_participant(config):
         for relpath, reason in failures:
             log(f"FAILED {relpath}: {reason}")
         if Path(config.output_dir).is_dir():  # earlier outputs: keep their reports in step
+            record_outcomes(config.output_dir, [], failures)
             write_reports(config, [], failures, skipped)
         raise InputError("no usable CT image: " + "; ".join(r for _, r in failures))
     resolve_assets(config)
@@ -190,11 +182,12 @@ def run_participant(config):
         wf_name = f"ct_{B.image_id(source['relpath'])}_wf"
         target = sidecar_path(plan_outputs(config.output_dir, source["relpath"])["hemorrhage_mask"])
         if wf_name in crashes:
-            failures.append((source["relpath"], crashes[wf_name][0]))
+            failures.append((source["relpath"], user_reason(crashes[wf_name][0], config.work_dir)))
         elif not target.is_file():
             failures.append((source["relpath"], "no outputs were written (see the nipype log)"))
         else:
             ok.append((source["relpath"], target))
+    record_outcomes(config.output_dir, [rel for rel, _ in ok], failures)
     _summary(ok, failures, time.perf_counter() - start)
     write_reports(config, images, failures, skipped)
     return 1 if failures else 0
@@ -222,8 +215,9 @@ def _summary(ok, failures, elapsed):
     log(f"done in {elapsed:.0f} s: {len(ok)} image(s) processed, {len(failures)} failed")
     for relpath, sidecar in ok:
         meta = json.loads(Path(sidecar).read_text())
+        flags = list((meta.get("QC") or {}).get("Flags") or [])
         log(f"  ok      {relpath}: hemorrhage {meta['HemorrhageVolume']:.1f} mL, "
-            f"brain {meta['BrainVolume']:.0f} mL")
+            f"brain {meta['BrainVolume']:.0f} mL, " + (f"QC flags: {', '.join(flags)}" if flags else "QC pass"))
     for relpath, reason in failures:
         log(f"  FAILED  {relpath}: {reason}")
 

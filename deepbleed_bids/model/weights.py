@@ -82,9 +82,26 @@ def find_checkpoint_prefix(path):
 def extract_zip(zip_path, dest):
     """Unpack a zipped checkpoint into ``dest`` as ``weights.*`` (flattening folders)."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path) as archive:
-        for member in archive.infolist():
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ModelError(f"model weights {zip_path} cannot be opened as a zip archive ({err}): it is damaged or "
+                         "truncated (an interrupted download?). Download it again (`deepbleed-bids fetch`) or "
+                         "check it against its sha256.") from err
+    with archive:
+        bad = _first_bad_member(archive)
+        if bad:
+            raise ModelError(f"model weights {zip_path}: {bad} is damaged inside the zip archive (CRC error). "
+                             "Download it again (`deepbleed-bids fetch`).")
+        names = [Path(m.filename).name for m in archive.infolist()]
+        if not any(n in (".index", "_index") or n.endswith(".index") for n in names):
+            raise ModelError(f"model weights {zip_path}: the zip archive holds no TensorFlow checkpoint "
+                             f"(no .index file among {len(names)} member(s)); give the published DeepBleed "
+                             "weights zip, a checkpoint folder or a .weights.h5 file.")
+        dest.mkdir(parents=True, exist_ok=True)
+        # the index last: an interrupted extraction never looks like a complete cached checkpoint
+        members = sorted(archive.infolist(), key=lambda m: m.filename.endswith("index"))
+        for member in members:
             name = Path(member.filename).name
             if member.is_dir() or not name or name == "checkpoint":
                 continue
@@ -93,6 +110,13 @@ def extract_zip(zip_path, dest):
             with archive.open(member) as src, open(dest / name, "wb") as out:
                 shutil.copyfileobj(src, out)
     return str(dest / "weights")
+
+
+def _first_bad_member(archive):
+    try:
+        return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"a member ({err})"
 
 
 def read_checkpoint(prefix):
@@ -141,11 +165,28 @@ def h5_width(path):
     """The base width of a ``.weights.h5`` VNet (channels of its input convolution)."""
     import h5py
 
-    with h5py.File(path, "r") as h5:
-        # Keras 3 keys layers by class and creation order, not by name: the
-        # first Conv3D built by build_vnet is the input block's convolution.
-        group = h5.get("layers/conv3d/vars")
-        if group is None or "layers/conv3d_transpose" not in h5:
-            raise ModelError(f"{path} is not a deepbleed-bids VNet weights file "
-                             "(no Conv3D/Conv3DTranspose layers inside).")
-        return int(group["0"].shape[-1]), int(group["0"].shape[0])
+    try:
+        with h5py.File(path, "r") as h5:
+            # Keras 3 keys layers by class and creation order, not by name: the
+            # first Conv3D built by build_vnet is the input block's convolution.
+            group = h5.get("layers/conv3d/vars")
+            if group is None or "layers/conv3d_transpose" not in h5:
+                raise ModelError(f"model weights {path} do not fit the VNet: not a deepbleed-bids VNet "
+                                 "weights file (no Conv3D/Conv3DTranspose layers inside). Give the "
+                                 "weights written by `deepbleed-bids train`, or a model name.")
+            _read_all(h5)  # a half-copied file fails here, not in the middle of a run
+            return int(group["0"].shape[-1]), int(group["0"].shape[0])
+    except (OSError, KeyError, ValueError, IndexError, TypeError) as err:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise ModelError(f"model weights {path} ({size} bytes) cannot be read as a Keras .weights.h5 "
+                         f"file ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): it is "
+                         "damaged or truncated (an interrupted copy or download?). Copy it again, or check it "
+                         "against its sha256.") from err
+
+
+def _read_all(h5):
+    def read(name, obj):
+        if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+            obj[()]
+
+    h5.visititems(read)

@@ -55,7 +55,10 @@ def _h5_spec(path, model_id=None, card=None):
     path = Path(path)
     card_path = path.with_name(path.name[: -len(".weights.h5")] + ".json")
     if card is None and card_path.is_file():
-        card = json.loads(card_path.read_text())
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, ValueError) as err:
+            raise ModelError(f"model card {card_path} is not valid JSON ({err}); fix or remove it.") from err
     card = card or {}
     width, kernel = W.h5_width(path)
     return ModelSpec(
