@@ -108,13 +108,15 @@ def extract_zip(zip_path, dest):
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path) as archive:
-        for member in archive.infolist():
+        # the index last, each file atomically: an index in the cache means a complete copy
+        members = sorted(archive.infolist(), key=lambda m: m.filename.endswith("index"))
+        for member in members:
             name = Path(member.filename).name
             if member.is_dir() or not name or name == "checkpoint":
                 continue
             if name.startswith(("_", ".")):
                 name = "weights." + name[1:]
-            with archive.open(member) as src, open(dest / name, "wb") as out:
+            with archive.open(member) as src, atomic_path(dest / name) as tmp, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
     return str(dest / "weights")
 
