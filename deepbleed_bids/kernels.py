@@ -102,34 +102,53 @@ def contrast_suspected(sidecar):
     return False
 
 
-def kernel_type(metadata):
-    """'soft', 'bone' or 'unknown' from a sidecar (KernelType, else ConvolutionKernel)."""
+def kernel_type(metadata, entities=None):
+    """'soft', 'bone' or 'unknown' from a sidecar (KernelType, else ConvolutionKernel),
+    else from the file name's ``rec-``/``acq-`` label (``acq-bone``, ``rec-soft``)."""
     if metadata.get("KernelType") in ("soft", "bone"):
         return metadata["KernelType"]
     kernel = metadata.get("ConvolutionKernel")
-    if not kernel:
-        return "unknown"
-    return classify_kernel(kernel, metadata.get("Manufacturer", ""))
+    if kernel:
+        return classify_kernel(kernel, metadata.get("Manufacturer", ""))
+    for key in ("reconstruction", "acquisition"):
+        kind = classify_kernel((entities or {}).get(key) or "", metadata.get("Manufacturer", ""))
+        if kind != "unknown":
+            return kind
+    return "unknown"
+
+
+def _kernel_source(metadata, entities):
+    """What the kernel class was read from, for the warning."""
+    if metadata.get("ConvolutionKernel"):
+        return f"ConvolutionKernel {metadata['ConvolutionKernel']}"
+    if metadata.get("KernelType") in ("soft", "bone"):
+        return f"KernelType {metadata['KernelType']}"
+    for key, prefix in (("reconstruction", "rec"), ("acquisition", "acq")):
+        if classify_kernel(entities.get(key) or "", metadata.get("Manufacturer", "")) != "unknown":
+            return f"file name label {prefix}-{entities[key]}"
+    return "unknown source"
 
 
 def select_series(images, policy="soft"):
     """Drop bone-kernel series when their session has a soft-tissue one (policy 'soft').
 
-    Returns (kept, skipped) where skipped holds (relpath, reason); kept images
-    get a 'warnings' list for the sidecars.
+    The kernel comes from the sidecar (KernelType, ConvolutionKernel) or, when the
+    sidecar names none, from the ``rec-``/``acq-`` label. Returns (kept, skipped)
+    where skipped holds (relpath, reason); kept images get a 'warnings' list for
+    the sidecars.
     """
     sessions = {}
     for img in images:
         img.setdefault("warnings", [])
         meta = img.get("metadata", {})
-        img["kernel_type"] = kernel_type(meta)
+        ents = img["entities"]
+        img["kernel_type"] = kernel_type(meta, ents)
         if img["kernel_type"] == "bone":
             img["warnings"].append(
-                f"bone reconstruction kernel ({meta.get('ConvolutionKernel', 'acq label')}): the network "
+                f"bone reconstruction kernel ({_kernel_source(meta, ents)}): the network "
                 "was trained on soft-tissue kernels; volumes may be unreliable")
         if contrast_suspected(meta):
             img["warnings"].append("contrast agent suspected: the network was trained on non-contrast CT")
-        ents = img["entities"]
         sessions.setdefault((ents.get("subject"), ents.get("session")), []).append(img)
     kept, skipped = [], []
     for group in sessions.values():

@@ -5,8 +5,10 @@ import pytest
 
 from deepbleed_bids.testing import convert_ge_head, shared_data_dir
 
-# Keep TensorFlow quiet and on the CPU in tests.
+# Keep TensorFlow quiet and on the CPU in tests; tests/test_gpu.py runs its checks in
+# subprocesses that see the GPUs again, so the original setting is kept for them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("DEEPBLEED_TEST_CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 

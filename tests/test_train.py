@@ -217,9 +217,22 @@ def test_exported_model_and_card(trained):
     assert (spec.id, spec.width, spec.kernel_size, spec.patch_size) == ("tiny", 2, 3, 0)
     model = load_model(spec)
     assert model.count_params() == card["parameters"]
-    case = load_case(sorted((out / "work/cases").glob("*.npz"))[0])
-    prob = np.asarray(model(case["image"][None, ..., None]))[0, ..., 0]
-    assert prob.shape == (128, 128, 128) and 0 <= prob.min() <= prob.max() <= 1
+    # the exported file is the best epoch, converted to raw HU: on the validation scan it
+    # reproduces the validation metrics the card records for that epoch (fails if the last
+    # epoch were exported instead, or if the HU scaling were lost in the export)
+    from deepbleed_bids.training.loop import validate
+
+    log = pd.read_csv(out / "training_log.tsv", sep="\t")
+    assert card["validation"]["val_loss"] == pytest.approx(log["val_loss"].min())
+    assert card["epochs"]["exported"] == int(log.loc[log["val_loss"].idxmin(), "epoch"])
+    cases = [load_case(p) for p in sorted((out / "work/cases").glob("*.npz"))]
+    val = [c for c in cases if "sub-" + c["meta"]["subject"] in card["split"]["validation"]]
+    assert len(val) == 1
+    params = TrainParams(width=2, kernel_size=3, patch_size=32, inference_patch_size=0, input_scale=1.0)
+    loss, dice, diff = validate(model, val, params, "cpu")
+    assert loss == pytest.approx(card["validation"]["val_loss"], abs=1e-4)
+    assert dice == pytest.approx(card["validation"]["val_dice"], abs=1e-3)
+    assert diff == pytest.approx(card["validation"]["val_abs_volume_diff_ml"], abs=0.02)  # ~5 voxels
 
 
 def test_resume_with_another_architecture_is_refused(trained, capsys):

@@ -158,12 +158,48 @@ def test_zip_and_renamed_layouts(published_ckpt, tmp_path, monkeypatch):
 def test_mismatch_lists_expected_and_found(tmp_path):
     variables = _published_variables(w=8)
     del variables["outblock/binary/bias"]
+    variables["down_1/convolution/kernel"] = variables["down_1/convolution/kernel"][..., :8, :8]
     _write_checkpoint(variables, tmp_path / "weights")
     with pytest.raises(ModelError) as err:
         load_model(resolve_model(str(tmp_path / "weights")), input_shape=(16, 16, 16, 1))
     msg = str(err.value)
     assert "missing outblock/binary/bias [1]" in msg
-    assert "shape of down_1/convolution/kernel: expected [5, 5, 5, 32, 32], found [5, 5, 5, 16, 16]" in msg
+    assert "shape of down_1/convolution/kernel: expected [5, 5, 5, 16, 16], found [5, 5, 5, 8, 8]" in msg
+    assert "(width 8)" in msg
+
+
+def test_width_and_kernel_are_read_from_the_checkpoint(tmp_path):
+    """A narrower VNet with the published object graph loads (its width from the input block)."""
+    variables = _published_variables(seed=4, w=4)
+    _write_checkpoint(variables, tmp_path / "weights")
+    spec = resolve_model(str(tmp_path / "weights"))
+    assert (spec.width, spec.kernel_size) == (4, 5)
+    model = load_model(spec, input_shape=(16, 16, 16, 1))
+    np.testing.assert_array_equal(model.get_layer("up_1_convolution").weights[0].numpy(),
+                                  variables["up_1/convolution/kernel"])
+    (tmp_path / "other").mkdir()
+    _write_checkpoint({"something/else/kernel": np.zeros((2, 2), "float32")}, tmp_path / "other" / "weights")
+    with pytest.raises(ModelError, match="not a DeepBleed VNet: no input_layer/convolution/kernel"):
+        resolve_model(str(tmp_path / "other"))
+
+
+def test_the_three_folder_forms_have_one_digest(published_ckpt, tmp_path, monkeypatch):
+    """The same weights as '.index', '_index' (the zip's members unpacked) and 'weights.index'."""
+    monkeypatch.setenv("DEEPBLEED_HOME", str(tmp_path / "home"))
+    folder, variables = published_ckpt
+    forms = {"dot": folder}
+    for name, rename in (("underscore", lambda n: "_" + n[1:]), ("renamed", lambda n: "weights" + n)):
+        forms[name] = tmp_path / name
+        forms[name].mkdir()
+        for f in folder.glob(".*"):
+            shutil.copy(f, forms[name] / rename(f.name))
+    specs = {name: resolve_model(str(path)) for name, path in forms.items()}
+    assert len({s.sha256 for s in specs.values()}) == 1
+    assert specs["underscore"].path.startswith(str(tmp_path / "home"))  # copied once into the cache
+    assert resolve_model(str(forms["underscore"])).path == specs["underscore"].path
+    model = load_model(specs["underscore"], input_shape=(16, 16, 16, 1))
+    np.testing.assert_array_equal(model.get_layer("down_3_downsample").weights[1].numpy(),
+                                  variables["down_3/downsample/bias"])
 
 
 def test_h5_roundtrip_infers_width(tmp_path):

@@ -8,14 +8,15 @@ onto the layers of :func:`deepbleed_bids.model.vnet.build_vnet`.
 """
 import hashlib
 import os
+import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
+from ..utils import atomic_path
 from .vnet import weight_layers
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -41,42 +42,65 @@ def checkpoint_files(prefix):
 
 def weights_sha256(paths):
     """One digest for a set of files: of a single file its own sha256, else the
-    sha256 of the sorted ``sha256  name`` lines (as ``sha256sum`` prints them)."""
+    sha256 of the sorted ``sha256  name`` lines (as ``sha256sum`` prints them).
+
+    A checkpoint's files are named without their prefix (``index``,
+    ``data-00000-of-00002``), so the published folder (``.index``), the zip's
+    members (``_index``) and the renamed copy (``weights.index``) of the same
+    weights have the same digest."""
     paths = [Path(p) for p in paths]
     if len(paths) == 1:
         return sha256_file(paths[0])
-    lines = sorted(f"{sha256_file(p)}  {p.name}\n" for p in paths)
+    lines = sorted(f"{sha256_file(p)}  {_CKPT_PART.sub('', p.name)}\n" for p in paths)
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+_CKPT_PART = re.compile(r"^.*?[._](?=index$|data-\d+-of-\d+$)")
 
 
 def find_checkpoint_prefix(path):
     """Resolve a checkpoint given as a prefix, an ``.index`` file or a folder.
 
-    Accepts the published naming (``.index``), the renamed one (``weights.index``)
-    and the zip's (``_index``, which is copied to a temporary ``weights.*`` set
-    because TensorFlow only reads ``<prefix>.index``). Returns (prefix, tmpdir or None).
+    Accepts the published naming (``.index``) and the renamed one
+    (``weights.index``). Returns the prefix, or None for a folder of the zip's
+    naming (``_index``, ``_data-...``): TensorFlow only reads ``<prefix>.index``,
+    so those files must be copied first (:func:`copy_underscore_checkpoint`).
     """
     path = Path(path)
     if path.is_file() and path.name.endswith(".index"):
-        return str(path)[: -len(".index")], None
+        return str(path)[: -len(".index")]
     if Path(str(path) + ".index").is_file():
-        return str(path), None
+        return str(path)
     if path.is_dir():
         indexes = sorted(path.glob("*.index"))
         if len(indexes) == 1:
-            return str(indexes[0])[: -len(".index")], None
+            return str(indexes[0])[: -len(".index")]
         if len(indexes) > 1:
             raise ModelError(f"{path} holds several checkpoints ({', '.join(i.name for i in indexes)}); "
                              "pass the prefix of the one to use (e.g. DIR/weights).")
         if (path / "_index").is_file():
-            tmp = Path(tempfile.mkdtemp(prefix="deepbleed-ckpt-"))
-            for src in path.iterdir():
-                if src.name.startswith("_"):
-                    shutil.copy(src, tmp / ("weights." + src.name[1:]))
-            return str(tmp / "weights"), tmp
+            return None
     raise ModelError(f"no TensorFlow checkpoint found at {path}: expected '<prefix>.index' and "
                      "'<prefix>.data-*' files (the published DeepBleed weights unzip to '.index' "
                      "or '_index' and '_data-0000N-of-00002').")
+
+
+def underscore_files(folder):
+    """The checkpoint files of a folder in the zip's naming (``_index``, ``_data-*``)."""
+    folder = Path(folder)
+    return [folder / "_index", *sorted(folder.glob("_data-*"))]
+
+
+def copy_underscore_checkpoint(folder, dest):
+    """Copy ``_index``/``_data-*`` to ``dest/weights.*`` (the DeepBleed README's renaming)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    files = underscore_files(folder)
+    for src in files[1:] + files[:1]:  # the index last: its presence marks a complete copy
+        target = dest / ("weights." + src.name[1:])
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src, tmp)
+    return str(dest / "weights")
 
 
 def extract_zip(zip_path, dest):
@@ -99,7 +123,7 @@ def extract_zip(zip_path, dest):
                              f"(no .index file among {len(names)} member(s)); give the published DeepBleed "
                              "weights zip, a checkpoint folder or a .weights.h5 file.")
         dest.mkdir(parents=True, exist_ok=True)
-        # the index last: an interrupted extraction never looks like a complete cached checkpoint
+        # the index last, each file atomically: an index in the cache means a complete copy
         members = sorted(archive.infolist(), key=lambda m: m.filename.endswith("index"))
         for member in members:
             name = Path(member.filename).name
@@ -107,7 +131,7 @@ def extract_zip(zip_path, dest):
                 continue
             if name.startswith(("_", ".")):
                 name = "weights." + name[1:]
-            with archive.open(member) as src, open(dest / name, "wb") as out:
+            with archive.open(member) as src, atomic_path(dest / name) as tmp, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
     return str(dest / "weights")
 
@@ -133,6 +157,24 @@ def read_checkpoint(prefix):
             continue
         out[key[: -len(_SUFFIX)]] = reader.get_tensor(key)
     return out
+
+
+def checkpoint_architecture(prefix):
+    """(width, kernel size) of a VNet checkpoint, from its input convolution's kernel
+    (k, k, k, 1, width): 16 and 5 for the published weights; other widths of the same
+    object graph (e.g. a checkpoint written from a narrower VNet) load as well."""
+    import tensorflow as tf
+
+    try:
+        shapes = tf.compat.v1.train.NewCheckpointReader(str(prefix)).get_variable_to_shape_map()
+    except Exception as err:  # noqa: BLE001 - TF raises several types here
+        raise ModelError(f"cannot read TensorFlow checkpoint {prefix}: {err}") from err
+    shape = shapes.get("input_layer/convolution/kernel" + _SUFFIX)
+    if shape is None or len(shape) != 5:
+        names = sorted(k[: -len(_SUFFIX)] for k in shapes if k.endswith(_SUFFIX))[:5]
+        raise ModelError(f"checkpoint {prefix} is not a DeepBleed VNet: no input_layer/convolution/kernel "
+                         f"of shape (k, k, k, 1, width) (it holds {', '.join(names) or 'no variables'}).")
+    return int(shape[-1]), int(shape[0])
 
 
 def load_checkpoint(model, prefix):

@@ -51,6 +51,17 @@ def _extract_cached(zip_path, sha):
         return W.extract_zip(zip_path, tempfile.mkdtemp(prefix="deepbleed-weights-"))
 
 
+def _copy_cached(folder, sha):
+    """A ``weights.*`` copy of a folder in the zip's naming, in the asset cache (made once)."""
+    dest = assets.home() / "models" / "extracted" / sha[:16]
+    if Path(str(dest / "weights") + ".index").is_file():
+        return str(dest / "weights")
+    try:
+        return W.copy_underscore_checkpoint(folder, dest)
+    except OSError:  # read-only cache: copy somewhere private instead
+        return W.copy_underscore_checkpoint(folder, tempfile.mkdtemp(prefix="deepbleed-weights-"))
+
+
 def _h5_spec(path, model_id=None, card=None):
     path = Path(path)
     card_path = path.with_name(path.name[: -len(".weights.h5")] + ".json")
@@ -69,15 +80,21 @@ def _h5_spec(path, model_id=None, card=None):
     )
 
 
+def _checkpoint_spec(model_id, prefix, sha256, **fields):
+    width, kernel = W.checkpoint_architecture(prefix)
+    return ModelSpec(id=model_id, format="tf-checkpoint", path=str(prefix), sha256=sha256, width=width,
+                     kernel_size=kernel, **fields)
+
+
 def resolve_model(name_or_path=None):
     """A :class:`ModelSpec` for a bundled/published model name or a local path."""
     name = ALIASES.get(name_or_path or DEFAULT_MODEL, name_or_path or DEFAULT_MODEL)
     if name == DEFAULT_MODEL:
         zip_path = assets.fetch_published_weights()
         sha = W.sha256_file(zip_path)
-        return ModelSpec(id=DEFAULT_MODEL, format="tf-checkpoint", path=_extract_cached(zip_path, sha),
-                         sha256=sha, license=assets.PUBLISHED_WEIGHTS["license"],
-                         description="DeepBleed VNet trained on 112 MISTIE II scans (Sharrock et al. 2020)")
+        return _checkpoint_spec(DEFAULT_MODEL, _extract_cached(zip_path, sha), sha,
+                                license=assets.PUBLISHED_WEIGHTS["license"],
+                                description="DeepBleed VNet trained on 112 MISTIE II scans (Sharrock et al. 2020)")
     if name in bundled_models():
         return _h5_spec(BUNDLED_DIR / f"{name}.weights.h5", model_id=name)
     path = Path(name).expanduser().absolute()
@@ -88,11 +105,14 @@ def resolve_model(name_or_path=None):
         return _h5_spec(path)
     if path.is_file() and path.suffix == ".zip":
         sha = W.sha256_file(path)
-        return ModelSpec(id=path.stem, format="tf-checkpoint", path=_extract_cached(path, sha), sha256=sha)
-    prefix, _ = W.find_checkpoint_prefix(path)
+        return _checkpoint_spec(path.stem, _extract_cached(path, sha), sha)
+    prefix = W.find_checkpoint_prefix(path)
+    if prefix is None:  # the zip's members unpacked as they are: _index, _data-*
+        sha = W.weights_sha256(W.underscore_files(path))
+        return _checkpoint_spec(path.name, _copy_cached(path, sha), sha)
     base = os.path.basename(prefix)
-    return ModelSpec(id=Path(prefix).parent.name if base in ("", "weights") else base,
-                     format="tf-checkpoint", path=prefix, sha256=W.weights_sha256(W.checkpoint_files(prefix)))
+    return _checkpoint_spec(Path(prefix).parent.name if base in ("", "weights") else base, prefix,
+                            W.weights_sha256(W.checkpoint_files(prefix)))
 
 
 def load_model(spec, input_shape=(None, None, None, 1)):
