@@ -90,10 +90,22 @@ def axial_axis(affine):
     return int(np.argmax(np.abs(rzs[2]) / voxel_sizes(affine)))
 
 
+def bbox_bounds(mask):
+    """(lo, hi) voxel indices of the non-zero voxels, hi exclusive; from the axis
+    projections, not np.argwhere (which lists every voxel: seconds on a large mask)."""
+    mask = np.asarray(mask)
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo.append(int(hit[0]))
+        hi.append(int(hit[-1]) + 1)
+    return np.array(lo), np.array(hi)
+
+
 def _bbox(mask, pad=0):
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
+    lo, hi = bbox_bounds(mask)
+    lo = np.maximum(lo - pad, 0)
+    hi = np.minimum(hi + pad, mask.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 

@@ -26,6 +26,7 @@ def config_from_args(args):
         omp_nthreads=args.omp_nthreads or min(nprocs, 8), mem_gb=args.mem_gb,
         plugin=args.plugin, plugin_args=args.plugin_args, device=args.device,
         mixed_precision=args.mixed_precision, model=args.model,
+        precision=args.precision or ("fp16" if args.mixed_precision else "fp32"),
         template=str(args.template.absolute()) if args.template else "",
         brain_extraction=args.brain_extraction,
         mask_method=args.mask_method, threshold=args.threshold, kernels=args.kernels, seed=args.seed,
