@@ -83,7 +83,24 @@ CACHE_VARIABLES = {
 }
 
 
-def runtime_settings(work_dir, environ):
+# Thread pools sized per process from --omp-nthreads, so that --nprocs processes
+# never run more threads than cores (OpenMP/MKL/OpenBLAS in numpy and scipy, ITK
+# in ANTs; TensorFlow's pools are sized in model.device.configure).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def thread_settings(omp_nthreads, environ):
+    """Thread-count variables for ``omp_nthreads`` threads per process (pure).
+
+    A variable the user already set is kept (e.g. a scheduler's OMP_NUM_THREADS).
+    """
+    if not omp_nthreads:
+        return {}
+    return {name: str(int(omp_nthreads)) for name in THREAD_VARIABLES if not environ.get(name)}
+
+
+def runtime_settings(work_dir, environ, omp_nthreads=None):
     """The variables :func:`runtime_environment` sets (pure; the caller creates folders).
 
     A variable the user already set is kept. ``TMPDIR`` is moved into the work folder
@@ -99,16 +116,18 @@ def runtime_settings(work_dir, environ):
     # the network is TensorFlow code: a user's ~/.keras/keras.json or KERAS_BACKEND
     # naming another backend must not change it
     out["KERAS_BACKEND"] = "tensorflow"
+    out.update(thread_settings(omp_nthreads, environ))
     return out
 
 
 @contextmanager
-def runtime_environment(work_dir=None):
+def runtime_environment(work_dir=None, omp_nthreads=None):
     """Run the enclosed code with caches and temporary files inside ``work_dir``.
 
     Without a work folder they go to a private temporary folder removed on exit.
     Temporary files get a folder of their own (``<work>/tmp/run-*``), removed on
     exit, so concurrent runs sharing a work folder do not clean up each other's.
+    With ``omp_nthreads``, thread pools are sized to it (:func:`thread_settings`).
     Child processes (nipype's MultiProc workers) inherit the settings. The
     previous environment is restored on exit.
     """
@@ -116,7 +135,7 @@ def runtime_environment(work_dir=None):
     try:
         if not work_dir:
             private = tempfile.mkdtemp(prefix="deepbleed-runtime-")
-        settings = runtime_settings(work_dir or private, os.environ)
+        settings = runtime_settings(work_dir or private, os.environ, omp_nthreads)
         if "TMPDIR" in settings:
             Path(settings["TMPDIR"]).mkdir(parents=True, exist_ok=True)
             run_tmp = tempfile.mkdtemp(prefix="run-", dir=settings["TMPDIR"])

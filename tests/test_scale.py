@@ -125,6 +125,14 @@ def test_runtime_environment_respects_the_users_settings(tmp_path):
             pass
 
 
+def test_thread_pools_sized_per_process_from_omp_nthreads():
+    settings = runtime_settings("/w", {"OMP_NUM_THREADS": "3"}, omp_nthreads=1)
+    assert settings["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "1"
+    assert settings["OPENBLAS_NUM_THREADS"] == settings["MKL_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in settings, "a scheduler's own setting is kept"
+    assert not any(k.endswith("THREADS") for k in runtime_settings("/w", {}))
+
+
 # ---------------------------------------------------------------- concurrent writers
 
 def _describe(args):

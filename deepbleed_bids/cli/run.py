@@ -44,7 +44,8 @@ def run(args):
     config = config_from_args(args)
     plugin_settings(config)  # a bad --plugin/--nprocs/--mem fails here, before any work
     # caches and temporary files in the work folder: nothing written to $HOME or /tmp
-    with runtime_environment(config.work_dir):
+    # and thread pools sized per process (--omp-nthreads), before numerical libraries start them
+    with runtime_environment(config.work_dir, config.omp_nthreads):
         if config.analysis_level == "group":
             return runner.run_group(config)
         return runner.run_participant(config)

@@ -28,7 +28,7 @@ def init_ct_wf(config, source, name=None):
                                   precision=config.precision),
                       name="segment", n_procs=threads, mem_gb=3.0)
     native = pe.Node(ToNative(method=config.mask_method, threshold=config.threshold),
-                     name="to_native", mem_gb=1.0)
+                     name="to_native", n_procs=threads, mem_gb=1.0)  # ITK resampling threads
     timings = pe.Node(niu.Function(function=_timings, output_names=["timings"]), name="timings")
     qc = pe.Node(ComputeQC(template=config.template, metadata=source.get("metadata", {}),
                            thresholds=getattr(config, "qc_thresholds", {}) or {}),
