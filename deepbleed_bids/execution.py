@@ -75,6 +75,35 @@ def plugin_settings(config):
     return plugin, user
 
 
+# Modules an in-process (Linear) run needs later, in the order it needs them: ANTs for
+# the resampling after registration, TensorFlow/Keras for the network (seconds each).
+WARM_MODULES = ("ants", "tensorflow", "keras", "deepbleed_bids.model.vnet")
+
+
+def warm_imports(modules=WARM_MODULES):
+    """Import ``modules`` on a background thread; returns the thread.
+
+    For in-process runs only (nipype's Linear plugin): the imports then overlap the
+    first steps (the registration waits seconds on its child process) instead of
+    delaying the steps that need them. Never before forking worker processes: a
+    child forked during an import would inherit a held import lock. A failed import
+    is left to the step that needs the module, which reports it.
+    """
+    import importlib
+    import threading
+
+    def run():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001,S110  the node importing it reports the error
+                pass
+
+    thread = threading.Thread(target=run, name="deepbleed-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 # Environment variables of the caches that are moved into the work folder.
 CACHE_VARIABLES = {
     "MPLCONFIGDIR": "matplotlib",  # font cache (keras imports matplotlib)

@@ -117,9 +117,11 @@ def _run_workflow(config, images):
     })
     nlogging.update_logging(ncfg)
     wf = init_deepbleed_wf(config, images)
-    from .execution import plugin_settings
+    from .execution import plugin_settings, warm_imports
 
     plugin, args = plugin_settings(config)
+    if plugin == "Linear":  # nodes run in this process: import what they need while the first ones run
+        warm_imports()
     try:
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError:

@@ -118,3 +118,25 @@ def test_command_line_precision_and_its_mixed_precision_alias(tmp_path):
     assert precision("--precision", "auto") == "auto"
     assert precision("--mixed-precision") == "fp16"
     assert precision("--mixed-precision", "--precision", "bf16") == "bf16"
+
+
+def test_resolving_a_model_does_not_import_keras():
+    """The run resolves its model before nipype starts; keras (seconds) loads only to build it."""
+    code = ("import sys; from deepbleed_bids.model.zoo import resolve_model, PUBLISHED_WIDTH; "
+            "resolve_model('synthetic-demo'); assert 'keras' not in sys.modules, 'keras imported'; "
+            "from deepbleed_bids.model.vnet import PUBLISHED_WIDTH as W; assert W == PUBLISHED_WIDTH")
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_warm_imports_loads_modules_on_a_background_thread():
+    import sys
+
+    from deepbleed_bids.execution import warm_imports
+
+    thread = warm_imports(("json", "deepbleed_bids.no_such_module"))
+    thread.join(30)
+    assert not thread.is_alive() and thread.daemon and "json" in sys.modules

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .vnet import weight_layers
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _IGNORED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "optimizer", "keras_api")
@@ -113,6 +112,8 @@ def read_checkpoint(prefix):
 
 def load_checkpoint(model, prefix):
     """Assign a checkpoint's variables to ``model`` by name; fail listing every mismatch."""
+    from .vnet import weight_layers  # here, not at the top: importing keras takes seconds
+
     variables = read_checkpoint(prefix)
     expected = {}
     for obj, layer in weight_layers(model).items():
