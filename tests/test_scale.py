@@ -234,3 +234,10 @@ def test_two_participant_jobs_into_one_output_folder(ge_head, asset_home, tiny_m
         assert meta["BrainVolume"] > 500 and "HemorrhageVolume" in meta
         assert (out / f"sub-{label}/ct/sub-{label}_desc-hemorrhage_mask.nii.gz").is_file()
     assert not list(work_root.iterdir()), "each task removes its work folder after success"
+
+
+def test_local_pool_polled_often_batch_schedulers_not():
+    from deepbleed_bids.execution import poll_seconds
+
+    assert poll_seconds("MultiProc") <= 0.2
+    assert poll_seconds("SLURM") == poll_seconds("SGE") == 2.0
