@@ -165,10 +165,14 @@ def main():
         ratio = e2e["wall_s"] / total
         report["e2e"]["ratio"] = round(ratio, 2)
         report["report_s"] = time_report(tmp)
-        if args.throughput_images:
-            report["throughput"] = throughput(head, tmp, args, e2e["model"])
-        if args.group_cts:
-            report["group"] = group_level(tmp, args.group_cts)
+        for key, enabled, func in (("throughput", args.throughput_images,
+                                    lambda: throughput(head, tmp, args, e2e["model"])),
+                                   ("group", args.group_cts, lambda: group_level(tmp, args.group_cts))):
+            if enabled:
+                try:
+                    report[key] = func()
+                except Exception as err:  # noqa: BLE001  print what the other parts measured
+                    print(f"\n{key} benchmark failed: {err!r}")
         report["load_after"] = load_average()
         summary(report)
     (tmp / "bench.json").write_text(json.dumps(report, indent=2))
