@@ -143,7 +143,7 @@ def main():
     prob_img = like(prob, template, dtype=np.float32)
     native = stage("to native (linear)", lambda: to_native(prob_img, img, reg["transform"], "linear"))
     stage("QC", lambda: _qc(data, mask, native, img, reg, net_in, template))
-    del model
+    model = None  # free it before the precision runs
 
     print(f"\nCPU {report['cpu']} ({report['cores']} cores), load average before "
           f"{report['load_before'][0]:.1f}; one real head CT {img.shape} ({head.name}); "
@@ -217,7 +217,6 @@ def _qc(data, mask, native, img, reg, net_in, template):
 def precision_table(args, net_in, template, vol):
     """VNet forward time per precision (the benchmark's model) and demo-model agreement with fp32."""
     import keras
-    import nibabel as nib
     import numpy as np
 
     from deepbleed_bids.metrics import dice
