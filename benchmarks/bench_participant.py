@@ -371,11 +371,10 @@ def group_level(tmp, n):
                     os.link(path, dst)
     (bids / "participants.tsv").write_text("\n".join(lines) + "\n")
     cmd = [sys.executable, str(TOP / "run.py"), str(bids), str(out), "group"]
-    wall, peak, proc = _run(cmd, _env(tmp, None))
+    wall, _, proc = _run(cmd, _env(tmp, None))  # (RUSAGE_CHILDREN's peak spans every earlier run)
     rows = max(0, len((out / "group" / "volumes.tsv").read_text().splitlines()) - 1) \
         if (out / "group" / "volumes.tsv").is_file() else 0
-    return {"participants": n, "wall_s": round(wall, 1), "peak_gb": round(peak, 3),
-            "rows": rows, "exit": proc.returncode}
+    return {"participants": n, "wall_s": round(wall, 1), "rows": rows, "exit": proc.returncode}
 
 
 def summary(report):
@@ -399,7 +398,7 @@ def summary(report):
         print(f"throughput speed-up      {tp['speedup']:8.2f}x    (target >= 1.7)")
     if grp:
         print(f"group level, {grp['participants']} CTs  {grp['wall_s']:8.1f} s   ({grp['rows']} rows in "
-              f"volumes.tsv, peak {grp['peak_gb']:.2f} GB, exit {grp['exit']}; target <= 60 s)")
+              f"volumes.tsv, exit {grp['exit']}; target <= 60 s)")
 
 
 if __name__ == "__main__":
