@@ -241,3 +241,26 @@ def test_local_pool_polled_often_batch_schedulers_not():
 
     assert poll_seconds("MultiProc") <= 0.2
     assert poll_seconds("SLURM") == poll_seconds("SGE") == 2.0
+
+
+def test_node_hash_identifies_the_weights_by_sha256_not_by_reading_them(tmp_path):
+    """The cache key of the network step names the model by its sha256: hashing a 100 MB
+    weights file by content on every cache check cost seconds per image."""
+    from deepbleed_bids.interfaces.segment import VNetSegment
+
+    image = tmp_path / "ct.nii.gz"
+    image.write_bytes(b"not read here")
+    weights = tmp_path / "m.weights.h5"
+    weights.write_bytes(b"a" * 1000)
+
+    def hashval(sha):
+        node = VNetSegment(in_file=str(image), model_spec={"path": str(weights), "sha256": sha},
+                           model_sha256=sha)
+        hashed, value = node.inputs.get_hashval(hash_method="content")
+        return value, [name for name, _ in hashed]
+
+    first, names = hashval("abc")
+    assert "model_spec" not in names and "model_sha256" in names
+    weights.write_bytes(b"b" * 1000)  # same sha256 recorded: same cache entry
+    assert hashval("abc")[0] == first
+    assert hashval("def")[0] != first  # other weights: the step runs again
