@@ -104,6 +104,24 @@ def warm_imports(modules=WARM_MODULES):
     return thread
 
 
+def warm_imports_callback(start_with=("register", "segment"), modules=WARM_MODULES):
+    """A nipype ``status_callback`` (Linear plugin) that calls :func:`warm_imports` once,
+    when the first node named in ``start_with`` starts.
+
+    Started with the registration, the imports run while this process waits for the
+    registration's child process, not while clamping and brain extraction hold the GIL.
+    The callback's ``threads`` list holds the thread once started.
+    """
+    threads = []
+
+    def callback(node, status):
+        if status == "start" and not threads and node.name in start_with:
+            threads.append(warm_imports(modules))
+
+    callback.threads = threads
+    return callback
+
+
 def poll_seconds(plugin):
     """How often nipype's scheduler looks for finished nodes (its default: every 2 s).
 

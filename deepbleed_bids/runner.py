@@ -103,7 +103,7 @@ def _run_workflow(config, images):
     from nipype import config as ncfg
     from nipype import logging as nlogging
 
-    from .execution import plugin_settings, poll_seconds, warm_imports
+    from .execution import plugin_settings, poll_seconds, warm_imports_callback
     from .workflows.base import init_deepbleed_wf
 
     plugin, args = plugin_settings(config)
@@ -120,8 +120,8 @@ def _run_workflow(config, images):
     })
     nlogging.update_logging(ncfg)
     wf = init_deepbleed_wf(config, images)
-    if plugin == "Linear":  # nodes run in this process: import what they need while the first ones run
-        warm_imports()
+    if plugin == "Linear":  # nodes run in this process: import what they need while it waits
+        args = {**args, "status_callback": warm_imports_callback()}
     try:
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError:
