@@ -24,7 +24,8 @@ class Config:
     plugin: str = "MultiProc"
     plugin_args: dict = field(default_factory=dict)
     device: str = "auto"
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # older switch, kept as an alias of precision="fp16"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (deepbleed_bids.model.device)
     model: str = "deepbleed-mistie2"
     template: str = ""  # empty: the pinned DeepBleed template from the asset cache
     brain_extraction: str = "native"
@@ -54,7 +55,7 @@ class Config:
 
     def parameters(self):
         """What decides the numbers in the outputs (recorded in every sidecar)."""
-        keys = ("brain_extraction", "mask_method", "threshold", "seed", "device", "mixed_precision",
+        keys = ("brain_extraction", "mask_method", "threshold", "seed", "device", "precision",
                 "kernels", "bids_filters")
         return {k: getattr(self, k) for k in keys}
 

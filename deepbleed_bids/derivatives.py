@@ -55,6 +55,8 @@ def build_sidecars(config, source, results):
     provenance = {
         "Parameters": {**{k: config[k] for k in ("brain_extraction", "mask_method", "threshold", "seed",
                                                  "device", "mixed_precision", "kernels")},
+                       "Precision": (results.get("device_plan") or {}).get("precision", "fp32"),
+                       "RequestedPrecision": config.get("precision", "fp32"),
                        "HU_clamp": [-1024, 3071], "NetworkInputInterpolation": "nearestNeighbor",
                        "ProbabilityInterpolation": "linear"},
         "Model": model_info,

@@ -75,6 +75,63 @@ def plugin_settings(config):
     return plugin, user
 
 
+# Modules an in-process (Linear) run needs later, in the order it needs them: ANTs for
+# the resampling after registration, TensorFlow/Keras for the network (seconds each).
+WARM_MODULES = ("ants", "tensorflow", "keras", "deepbleed_bids.model.vnet")
+
+
+def warm_imports(modules=WARM_MODULES):
+    """Import ``modules`` on a background thread; returns the thread.
+
+    For in-process runs only (nipype's Linear plugin): the imports then overlap the
+    first steps (the registration waits seconds on its child process) instead of
+    delaying the steps that need them. Never before forking worker processes: a
+    child forked during an import would inherit a held import lock. A failed import
+    is left to the step that needs the module, which reports it.
+    """
+    import importlib
+    import threading
+
+    def run():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001,S110  the node importing it reports the error
+                pass
+
+    thread = threading.Thread(target=run, name="deepbleed-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_imports_callback(start_with=("register", "segment"), modules=WARM_MODULES):
+    """A nipype ``status_callback`` (Linear plugin) that calls :func:`warm_imports` once,
+    when the first node named in ``start_with`` starts.
+
+    Started with the registration, the imports run while this process waits for the
+    registration's child process, not while clamping and brain extraction hold the GIL.
+    The callback's ``threads`` list holds the thread once started.
+    """
+    threads = []
+
+    def callback(node, status):
+        if status == "start" and not threads and node.name in start_with:
+            threads.append(warm_imports(modules))
+
+    callback.threads = threads
+    return callback
+
+
+def poll_seconds(plugin):
+    """How often nipype's scheduler looks for finished nodes (its default: every 2 s).
+
+    A local pool (MultiProc) is polled every 0.1 s: a chain of 8 nodes per image
+    otherwise waits ~1 s after each one. Batch plugins keep nipype's 2 s: each poll
+    there asks the scheduler (squeue, qstat) about every job.
+    """
+    return 0.1 if plugin in ("MultiProc", "LegacyMultiProc") else 2.0
+
+
 # Environment variables of the caches that are moved into the work folder.
 CACHE_VARIABLES = {
     "MPLCONFIGDIR": "matplotlib",  # font cache (keras imports matplotlib)
@@ -83,7 +140,24 @@ CACHE_VARIABLES = {
 }
 
 
-def runtime_settings(work_dir, environ):
+# Thread pools sized per process from --omp-nthreads, so that --nprocs processes
+# never run more threads than cores (OpenMP/MKL/OpenBLAS in numpy and scipy, ITK
+# in ANTs; TensorFlow's pools are sized in model.device.configure).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def thread_settings(omp_nthreads, environ):
+    """Thread-count variables for ``omp_nthreads`` threads per process (pure).
+
+    A variable the user already set is kept (e.g. a scheduler's OMP_NUM_THREADS).
+    """
+    if not omp_nthreads:
+        return {}
+    return {name: str(int(omp_nthreads)) for name in THREAD_VARIABLES if not environ.get(name)}
+
+
+def runtime_settings(work_dir, environ, omp_nthreads=None):
     """The variables :func:`runtime_environment` sets (pure; the caller creates folders).
 
     A variable the user already set is kept. ``TMPDIR`` is moved into the work folder
@@ -99,16 +173,18 @@ def runtime_settings(work_dir, environ):
     # the network is TensorFlow code: a user's ~/.keras/keras.json or KERAS_BACKEND
     # naming another backend must not change it
     out["KERAS_BACKEND"] = "tensorflow"
+    out.update(thread_settings(omp_nthreads, environ))
     return out
 
 
 @contextmanager
-def runtime_environment(work_dir=None):
+def runtime_environment(work_dir=None, omp_nthreads=None):
     """Run the enclosed code with caches and temporary files inside ``work_dir``.
 
     Without a work folder they go to a private temporary folder removed on exit.
     Temporary files get a folder of their own (``<work>/tmp/run-*``), removed on
     exit, so concurrent runs sharing a work folder do not clean up each other's.
+    With ``omp_nthreads``, thread pools are sized to it (:func:`thread_settings`).
     Child processes (nipype's MultiProc workers) inherit the settings. The
     previous environment is restored on exit.
     """
@@ -116,7 +192,7 @@ def runtime_environment(work_dir=None):
     try:
         if not work_dir:
             private = tempfile.mkdtemp(prefix="deepbleed-runtime-")
-        settings = runtime_settings(work_dir or private, os.environ)
+        settings = runtime_settings(work_dir or private, os.environ, omp_nthreads)
         if "TMPDIR" in settings:
             Path(settings["TMPDIR"]).mkdir(parents=True, exist_ok=True)
             run_tmp = tempfile.mkdtemp(prefix="run-", dir=settings["TMPDIR"])

@@ -90,10 +90,35 @@ def axial_axis(affine):
     return int(np.argmax(np.abs(rzs[2]) / voxel_sizes(affine)))
 
 
+def distance_mm(mask, zooms):
+    """Euclidean distance (mm) of every True voxel to the nearest False one, as
+    scipy.ndimage.distance_transform_edt (the array border is not background), with
+    the edt package: ~5x faster on a native head CT, float32 (agrees to ~1e-5 mm)."""
+    import edt
+
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if mask.all():  # no background at all: edt says inf, keep scipy's convention
+        return ndi.distance_transform_edt(mask, sampling=zooms)
+    return edt.edt(mask, anisotropy=tuple(float(z) for z in zooms),
+                   black_border=False, parallel=1)
+
+
+def bbox_bounds(mask):
+    """(lo, hi) voxel indices of the non-zero voxels, hi exclusive; from the axis
+    projections, not np.argwhere (which lists every voxel: seconds on a large mask)."""
+    mask = np.asarray(mask)
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo.append(int(hit[0]))
+        hi.append(int(hit[-1]) + 1)
+    return np.array(lo), np.array(hi)
+
+
 def _bbox(mask, pad=0):
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
+    lo, hi = bbox_bounds(mask)
+    lo = np.maximum(lo - pad, 0)
+    hi = np.minimum(hi + pad, mask.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
@@ -205,9 +230,9 @@ def hyperdensity_mask(hu, brain, affine, params=None):
     h = np.asarray(hu[box], np.float32)
     smooth = ndi.gaussian_filter(h, p["smooth_mm"] / zooms)
     # the array border counts as outside the brain
-    depth = ndi.distance_transform_edt(np.pad(b, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    depth = distance_mm(np.pad(b, 1), zooms)[1:-1, 1:-1, 1:-1]
     dense = h >= p["dense_hu"]
-    near_dense = ndi.distance_transform_edt(~dense, sampling=zooms) <= p["dense_margin_mm"] \
+    near_dense = distance_mm(~dense, zooms) <= p["dense_margin_mm"] \
         if dense.any() else np.zeros_like(b)
     cand = (depth > p["rim_mm"]) & ~near_dense & (smooth >= p["low_hu"]) & (smooth <= p["high_hu"])
     # in-plane opening: thin ribbons (cortex next to sulci) break, slices stay whole
@@ -234,7 +259,7 @@ def skull_contact_cm2(hemorrhage, hu, affine, rim_mm=3.0):
     bone = np.asarray(hu[box]) >= BONE_HU
     if not bone.any():
         return 0.0
-    near = ndi.distance_transform_edt(~bone, sampling=zooms) <= rim_mm
+    near = distance_mm(~bone, zooms) <= rim_mm
     volume_mm3 = np.count_nonzero(near & hemorrhage[box]) * np.prod(zooms)
     return float(volume_mm3 / rim_mm / 100.0)
 
@@ -272,7 +297,7 @@ def noise_hu(hu, brain, affine, depth_mm=10.0):
         return float("nan")
     zooms = voxel_sizes(affine)
     box = _bbox(brain)
-    inner = ndi.distance_transform_edt(brain[box], sampling=zooms) > depth_mm
+    inner = distance_mm(brain[box], zooms) > depth_mm
     h = np.asarray(hu[box], np.float32)
     axis = int(np.argmin(zooms))  # the finest in-plane axis: neighbours are most alike
     diff = np.diff(h, axis=axis)

@@ -88,12 +88,15 @@ def _run_workflow(config, images):
     from nipype import config as ncfg
     from nipype import logging as nlogging
 
+    from .execution import plugin_settings, poll_seconds, warm_imports_callback
     from .workflows.base import init_deepbleed_wf
 
+    plugin, args = plugin_settings(config)
     crash_dir = Path(config.work_dir) / "crash" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     crash_dir.mkdir(parents=True, exist_ok=True)
     ncfg.update_config({
         "execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                      "poll_sleep_duration": poll_seconds(plugin),
                       "stop_on_first_crash": False, "remove_unnecessary_outputs": False,
                       "hash_method": "content", "check_version": False, "create_report": False,
                       "write_provenance": False},
@@ -102,9 +105,8 @@ def _run_workflow(config, images):
     })
     nlogging.update_logging(ncfg)
     wf = init_deepbleed_wf(config, images)
-    from .execution import plugin_settings
-
-    plugin, args = plugin_settings(config)
+    if plugin == "Linear":  # nodes run in this process: import what they need while it waits
+        args = {**args, "status_callback": warm_imports_callback()}
     try:
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError:

@@ -125,6 +125,14 @@ def test_runtime_environment_respects_the_users_settings(tmp_path):
             pass
 
 
+def test_thread_pools_sized_per_process_from_omp_nthreads():
+    settings = runtime_settings("/w", {"OMP_NUM_THREADS": "3"}, omp_nthreads=1)
+    assert settings["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "1"
+    assert settings["OPENBLAS_NUM_THREADS"] == settings["MKL_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in settings, "a scheduler's own setting is kept"
+    assert not any(k.endswith("THREADS") for k in runtime_settings("/w", {}))
+
+
 # ---------------------------------------------------------------- concurrent writers
 
 def _describe(args):
@@ -226,3 +234,33 @@ def test_two_participant_jobs_into_one_output_folder(ge_head, asset_home, tiny_m
         assert meta["BrainVolume"] > 500 and "HemorrhageVolume" in meta
         assert (out / f"sub-{label}/ct/sub-{label}_desc-hemorrhage_mask.nii.gz").is_file()
     assert not list(work_root.iterdir()), "each task removes its work folder after success"
+
+
+def test_local_pool_polled_often_batch_schedulers_not():
+    from deepbleed_bids.execution import poll_seconds
+
+    assert poll_seconds("MultiProc") <= 0.2
+    assert poll_seconds("SLURM") == poll_seconds("SGE") == 2.0
+
+
+def test_node_hash_identifies_the_weights_by_sha256_not_by_reading_them(tmp_path):
+    """The cache key of the network step names the model by its sha256: hashing a 100 MB
+    weights file by content on every cache check cost seconds per image."""
+    from deepbleed_bids.interfaces.segment import VNetSegment
+
+    image = tmp_path / "ct.nii.gz"
+    image.write_bytes(b"not read here")
+    weights = tmp_path / "m.weights.h5"
+    weights.write_bytes(b"a" * 1000)
+
+    def hashval(sha):
+        node = VNetSegment(in_file=str(image), model_spec={"path": str(weights), "sha256": sha},
+                           model_sha256=sha)
+        hashed, value = node.inputs.get_hashval(hash_method="content")
+        return value, [name for name, _ in hashed]
+
+    first, names = hashval("abc")
+    assert "model_spec" not in names and "model_sha256" in names
+    weights.write_bytes(b"b" * 1000)  # same sha256 recorded: same cache entry
+    assert hashval("abc")[0] == first
+    assert hashval("def")[0] != first  # other weights: the step runs again

@@ -60,7 +60,12 @@ def add_bids_app_arguments(parser):
     perf = parser.add_argument_group("performance")
     perf.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                       help="where the network runs; gpu falls back to the CPU with a warning")
-    perf.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU")
+    perf.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None,
+                      help="network arithmetic: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, "
+                           "GPUs >= Ampere), fp16 (GPUs), auto (bf16 where the hardware has it, else "
+                           "fp16 on older GPUs, else fp32); unsupported choices fall back to fp32")
+    perf.add_argument("--mixed-precision", action="store_true",
+                      help="same as --precision fp16 (float16 compute on GPU)")
     perf.add_argument("--nprocs", "--nthreads", "--n_cpus", type=int, default=os.cpu_count() or 1,
                       help="processes nipype may run at once")
     perf.add_argument("--omp-nthreads", type=int, default=0,

@@ -26,6 +26,7 @@ def config_from_args(args):
         omp_nthreads=args.omp_nthreads or min(nprocs, 8), mem_gb=args.mem_gb,
         plugin=args.plugin, plugin_args=args.plugin_args, device=args.device,
         mixed_precision=args.mixed_precision, model=args.model,
+        precision=args.precision or ("fp16" if args.mixed_precision else "fp32"),
         template=str(args.template.absolute()) if args.template else "",
         brain_extraction=args.brain_extraction,
         mask_method=args.mask_method, threshold=args.threshold, kernels=args.kernels, seed=args.seed,
@@ -44,7 +45,8 @@ def run(args):
     config = config_from_args(args)
     plugin_settings(config)  # a bad --plugin/--nprocs/--mem fails here, before any work
     # caches and temporary files in the work folder: nothing written to $HOME or /tmp
-    with runtime_environment(config.work_dir):
+    # and thread pools sized per process (--omp-nthreads), before numerical libraries start them
+    with runtime_environment(config.work_dir, config.omp_nthreads):
         if config.analysis_level == "group":
             return runner.run_group(config)
         return runner.run_participant(config)

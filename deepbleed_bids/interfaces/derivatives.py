@@ -3,7 +3,9 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface
 
 
 class _WriteInputSpec(BaseInterfaceInputSpec):
-    config = traits.Dict(mandatory=True)
+    # not hashed: it names the weights file (100+ MB to hash by content), and this
+    # node always runs anyway
+    config = traits.Dict(mandatory=True, nohash=True)
     source = traits.Dict(mandatory=True, desc="the source image: path, relpath, entities, metadata")
     brain_mask = File(exists=True, mandatory=True)
     hemorrhage_mask = File(exists=True, mandatory=True)

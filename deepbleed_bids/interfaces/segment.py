@@ -6,9 +6,14 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface
 
 class _SegmentInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="CT on the template grid (raw HU, 0 outside brain)")
-    model_spec = traits.Dict(mandatory=True, desc="resolved model (deepbleed_bids.model.zoo.ModelSpec)")
+    # The spec names the weights file (often 100+ MB): hashing it by content on every
+    # cache check costs seconds, and its sha256 (hashed below) already identifies it.
+    model_spec = traits.Dict(mandatory=True, nohash=True,
+                             desc="resolved model (deepbleed_bids.model.zoo.ModelSpec)")
+    model_sha256 = traits.Str(desc="the weights' sha256: what the cache hashes for the model")
     device = traits.Enum("auto", "cpu", "gpu", usedefault=True)
-    mixed_precision = traits.Bool(False, usedefault=True)
+    mixed_precision = traits.Bool(False, usedefault=True, desc="older switch: fp16 (see precision)")
+    precision = traits.Enum("fp32", "bf16", "fp16", "auto", desc="compute precision (model.device)")
     num_threads = traits.Int(1, usedefault=True)
 
 
@@ -36,7 +41,11 @@ class VNetSegment(SimpleInterface):
         from ..utils import out_path
 
         start = time.perf_counter()
-        plan = configure(self.inputs.device, self.inputs.mixed_precision, self.inputs.num_threads)
+        from nipype.interfaces.base import isdefined
+
+        precision = self.inputs.precision if isdefined(self.inputs.precision) else None
+        plan = configure(self.inputs.device, self.inputs.mixed_precision, self.inputs.num_threads,
+                         precision=precision)
         spec = ModelSpec(**self.inputs.model_spec)
         img = nib.load(self.inputs.in_file)
         volume = np.asanyarray(img.dataobj).astype(np.float32)

@@ -25,7 +25,8 @@ def predict_volume(model, volume, patch_size=0, overlap=0.5, batch_size=1, devic
     import tensorflow as tf
 
     # a graph, not op-by-op eager execution: measurably faster for these large convolutions
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    # float32 out whatever the compute precision (bf16/fp16 policies, model.device)
+    forward = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
     volume = np.asarray(volume, dtype=np.float32)
     if not patch_size or all(s <= patch_size for s in volume.shape):
         with tf.device(device):

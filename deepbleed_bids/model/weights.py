@@ -17,7 +17,6 @@ import numpy as np
 
 from ..errors import ModelError
 from ..utils import atomic_path
-from .vnet import weight_layers
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _IGNORED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "optimizer", "keras_api")
@@ -179,6 +178,8 @@ def checkpoint_architecture(prefix):
 
 def load_checkpoint(model, prefix):
     """Assign a checkpoint's variables to ``model`` by name; fail listing every mismatch."""
+    from .vnet import weight_layers  # here, not at the top: importing keras takes seconds
+
     variables = read_checkpoint(prefix)
     expected = {}
     for obj, layer in weight_layers(model).items():

@@ -8,7 +8,10 @@ from pathlib import Path
 from .. import assets
 from ..errors import ModelError
 from . import weights as W
-from .vnet import PUBLISHED_WIDTH, build_vnet
+
+# vnet.PUBLISHED_WIDTH; vnet (keras, seconds to import) is imported only to build a model,
+# so resolving a model before a run stays fast
+PUBLISHED_WIDTH = 16
 
 DEFAULT_MODEL = "deepbleed-mistie2"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -117,6 +120,8 @@ def resolve_model(name_or_path=None):
 
 def load_model(spec, input_shape=(None, None, None, 1)):
     """Build the VNet for ``spec`` and load its weights."""
+    from .vnet import build_vnet
+
     model = build_vnet(width=spec.width, kernel_size=spec.kernel_size, input_shape=input_shape)
     if spec.format == "tf-checkpoint":
         W.load_checkpoint(model, spec.path)

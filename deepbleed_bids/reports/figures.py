@@ -97,10 +97,12 @@ def overview_mosaic(ct, brain, bleed, zooms, n=12, cols=6):
 
 
 def _crop(mask, zooms, margin_mm=15.0):
-    idx = np.argwhere(mask)
+    from ..qc import bbox_bounds
+
+    lo, hi = bbox_bounds(mask)
     pad = np.ceil(margin_mm / zooms[:2]).astype(int)
-    lo = np.maximum(idx[:, :2].min(0) - pad, 0)
-    hi = np.minimum(idx[:, :2].max(0) + pad + 1, mask.shape[:2])
+    lo = np.maximum(lo[:2] - pad, 0)
+    hi = np.minimum(hi[:2] + pad, mask.shape[:2])
     # square in mm so panels tile evenly
     size_mm = max((hi - lo) * zooms[:2])
     half = np.ceil(size_mm / 2 / zooms[:2]).astype(int)

@@ -59,11 +59,11 @@ def _figures(out_dir, bids_dir, relpath, meta):
     parts, notes = [], []
     source = Path(bids_dir) / relpath if bids_dir else None
     if source is not None and source.is_file():
-        ct_img = nib.load(str(source))
+        ct_img = nib.as_closest_canonical(nib.load(str(source)))  # read and decompressed once
         ct, zooms = F.canonical(ct_img)
         brain, _ = F.canonical(nib.load(str(files["brain_mask"])))
         bleed, _ = F.canonical(nib.load(str(files["hemorrhage_mask"])))
-        abc = QC.abc2(bleed > 0, nib.as_closest_canonical(ct_img).affine)
+        abc = QC.abc2(bleed > 0, ct_img.affine)
         parts.append("<h3>Native space: whole brain</h3><p class='legend'>axial, radiological (R on the left), "
                      "0-80 HU<span style='background:#00d5ff'></span>brain mask"
                      "<span style='background:#ff2a2a'></span>hemorrhage</p>")

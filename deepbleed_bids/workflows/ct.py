@@ -24,10 +24,12 @@ def init_ct_wf(config, source, name=None):
     preproc = init_preproc_wf(source["path"], config.template, config.brain_extraction,
                               config.seed, threads)
     segment = pe.Node(VNetSegment(model_spec=config.model_spec, device=config.device,
-                                  mixed_precision=config.mixed_precision, num_threads=threads),
+                                  model_sha256=config.model_spec.get("sha256", ""),
+                                  mixed_precision=config.mixed_precision, num_threads=threads,
+                                  precision=config.precision),
                       name="segment", n_procs=threads, mem_gb=3.0)
     native = pe.Node(ToNative(method=config.mask_method, threshold=config.threshold),
-                     name="to_native", mem_gb=1.0)
+                     name="to_native", n_procs=threads, mem_gb=1.0)  # ITK resampling threads
     timings = pe.Node(niu.Function(function=_timings, output_names=["timings"]), name="timings")
     qc = pe.Node(ComputeQC(template=config.template, metadata=source.get("metadata", {}),
                            thresholds=getattr(config, "qc_thresholds", {}) or {}),
