@@ -39,6 +39,17 @@ class Config:
     expansion_pct: float = 33.0
     post_treatment_sessions: list = field(default_factory=list)  # else sessions.tsv "post_treatment"
     qc_thresholds: dict = field(default_factory=dict)  # overrides of deepbleed_bids.qc.THRESHOLDS
+    # fMRIPrep-style run options (see cli/parser.py)
+    skip_bids_validation: bool = False
+    notrack: bool = False  # nothing is ever sent anywhere: accepted for compatibility
+    stop_on_first_crash: bool = False
+    write_graph: bool = False
+    resource_monitor: bool = False
+    clean_workdir: bool = False
+    reports_only: bool = False
+    boilerplate_only: bool = False
+    config_file: str = ""
+    run_id: str = ""  # <date>-<time>_<random>: names this run's log folders
     # filled in once assets are resolved
     template_sha256: str = ""
     model_spec: dict = field(default_factory=dict)

@@ -2,7 +2,6 @@
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -13,7 +12,9 @@ from .errors import InputError
 
 
 def log(msg):
-    print(f"[deepbleed-bids {datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+    from .logs import emit  # stderr, the run's log file, and the progress bar kept below
+
+    emit(msg)
 
 
 def check_dirs(config):
@@ -109,7 +110,7 @@ def _run_workflow(config, images):
     crash_dir.mkdir(parents=True, exist_ok=True)
     ncfg.update_config({
         "execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
-                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False,
+                      "stop_on_first_crash": bool(config.stop_on_first_crash), "remove_unnecessary_outputs": False,
                       "hash_method": "content", "check_version": False, "create_report": False,
                       "write_provenance": False},
         "logging": {"workflow_level": "INFO" if config.verbose else "WARNING",
@@ -119,31 +120,43 @@ def _run_workflow(config, images):
     wf = init_deepbleed_wf(config, images)
     from .execution import plugin_settings
 
+    from . import logs as L
+
     plugin, args = plugin_settings(config)
+    progress = L.attach(config, wf, images, ncfg)  # progress lines, graph, resource monitor
     try:
-        wf.run(plugin=plugin, plugin_args=args)
+        wf.run(plugin=plugin, plugin_args={**args, "status_callback": progress})
     except RuntimeError:
         # nipype raises once at the end when nodes failed; each failure left a crash file
         if not any(crash_dir.glob("crash-*")):
             raise
+    finally:
+        L.detach(config, progress)
     return _crashed_images(crash_dir)
 
 
 def _keep_crash_logs(config, crashes):
-    for wf_name, (_, crash) in crashes.items():
-        sub = re.match(r"ct_sub_([a-zA-Z0-9]+)_", wf_name)
-        dest = Path(config.output_dir) / (f"sub-{sub.group(1)}" if sub else "") / "log"
-        dest.mkdir(parents=True, exist_ok=True)
-        if Path(crash).is_file():
-            shutil.copy(crash, dest / Path(crash).name)
+    from .logs import keep_crash_files
+
+    keep_crash_files(config, crashes)  # into sub-X/log/<run-id>/
 
 
 def run_participant(config):
     """Participant level; returns the exit code (non-zero if any image failed)."""
+    from . import bidsapp
+
+    check_dirs(config)
+    with bidsapp.run_logs(config):
+        if config.reports_only:
+            return bidsapp.reports_only(config, write_reports)
+        bidsapp.validate_input(config)
+        return _run_participant(config)
+
+
+def _run_participant(config):
     from .kernels import select_series
 
     start = time.perf_counter()
-    check_dirs(config)
     from .qc import check_thresholds
 
     try:
@@ -170,12 +183,17 @@ def run_participant(config):
         log(f"WARNING: {notice}")
         for source in images:
             source["warnings"] = [*source.get("warnings", []), notice]
-    B.write_dataset_description(config.output_dir, config.bids_dir)
+    from . import bidsapp
+
+    if bidsapp.after_assets(config, images):  # dataset files, methods text, configs
+        return 0  # --boilerplate-only
 
     tmp_work = None
     if not config.work_dir:
         tmp_work = tempfile.mkdtemp(prefix="deepbleed-work-")
         config.work_dir = tmp_work
+    else:
+        bidsapp.prepare_work_dir(config)
     try:
         crashes = _run_workflow(config, images)
         _keep_crash_logs(config, crashes)
