@@ -134,7 +134,7 @@ def _model_record(config):
 def _license(models):
     """The outputs' license follows the weights that made them (all of them, if mixed)."""
     licenses = sorted({m["License"] for m in models})
-    return " + ".join(f"{lic} ({', '.join(m['Name'] for m in models if m['License'] == lic)})"
+    return " + ".join(f"{lic} ({', '.join(dict.fromkeys(m['Name'] for m in models if m['License'] == lic))})"
                       for lic in licenses) if len(licenses) > 1 else licenses[0]
 
 

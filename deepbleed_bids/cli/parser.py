@@ -176,12 +176,12 @@ def _convert(action, value, key, path):
             return float(item)
         return action.type(str(item))
 
-    if action.nargs == 0:  # store_true / version / help
-        if not isinstance(value, bool):
-            raise ValueError(f"{path}: '{key}' must be true or false")
-        return value
-    if action.__class__.__name__ == "_CountAction":
+    if isinstance(action, argparse._CountAction):  # -v, -vv
         return int(value)
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
     if action.nargs in ("+", "*"):
         value = [one(v) for v in (value if isinstance(value, list) else [value])]
         bad = [v for v in value if action.choices and v not in action.choices]
@@ -189,7 +189,7 @@ def _convert(action, value, key, path):
         value = one(value)
         bad = [value] if action.choices and value not in action.choices else []
     if bad:
-        raise ValueError(f"{path}: '{key}' = {bad[0]!r} is not one of {list(action.choices)}")
+        raise ValueError(f"{bad[0]!r} is not one of {list(action.choices)}")
     return value
 
 
@@ -226,7 +226,7 @@ def apply_config_file(args, parser=None):
             continue
         try:
             value = _convert(action, value, key, path)
-        except (argparse.ArgumentTypeError, TypeError) as err:
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
             raise ValueError(f"--config-file {path}: '{key}': {err}") from err
         if getattr(args, action.dest, None) == action.default:  # the command line wins
             setattr(args, action.dest, value)
