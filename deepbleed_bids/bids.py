@@ -108,9 +108,9 @@ def image_id(relpath):
     return re.sub(r"[^a-zA-Z0-9]", "_", source_prefix(relpath))
 
 
-def code_url(version=__version__):
+def code_url(version=None):
     """The source of exactly this version (its release tag)."""
-    return f"{__url__}/tree/{version}"
+    return f"{__url__}/tree/{version or __version__}"
 
 
 def _generated_by(config):
