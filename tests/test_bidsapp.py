@@ -293,3 +293,14 @@ def test_boilerplate_only_writes_the_methods_and_stops(ge_head, asset_home, tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "thresholded there at 0.45" in (tmp_path / "out/logs/CITATION.md").read_text()
     assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_readme_usage_table_lists_every_option():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    usage = readme[readme.index("## Usage"):readme.index("## Input")]
+    options = {s for a in build_parser()._actions for s in a.option_strings
+               if s.startswith("--") and "_" not in s and s not in ("--help", "--version", "--nthreads",
+                                                                     "--n_cpus", "--mem-mb")}
+    missing = sorted(o for o in options if f"`{o}" not in usage)
+    assert set(FLAGS) | {"--config-file", "--mem"} <= options
+    assert not [m for m in missing if m in set(FLAGS) | {"--config-file", "--mem", "--mem-gb"}], missing

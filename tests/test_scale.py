@@ -132,9 +132,12 @@ def _describe(args):
     os.environ["DEEPBLEED_CONTAINER"] = "test"
     os.environ["DEEPBLEED_CONTAINER_TAG"] = tag
     from deepbleed_bids.bids import write_dataset_description
+    from deepbleed_bids.config import Config
 
+    config = Config(bids_dir=bids_dir, output_dir=out_dir, model="synthetic-demo")
+    config.model_spec = {"id": "synthetic-demo", "sha256": "0" * 64, "license": "Apache-2.0"}
     barrier.wait()
-    target = write_dataset_description(out_dir, bids_dir)
+    target = write_dataset_description(config, log=lambda msg: None)
     return os.stat(target).st_ino, target.read_text()
 
 
@@ -152,7 +155,8 @@ def test_dataset_description_written_once_by_racing_jobs(tmp_path):
     desc = json.loads(seen[0][1])
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Container"]["Tag"] in {f"job-{i}" for i in range(n)}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dataset_description.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".bidsignore", "README.md",
+                                                                    "dataset_description.json"]
 
 
 @pytest.fixture(scope="module")
