@@ -52,6 +52,7 @@ def build_sidecars(config, source, results):
                   "WeightsSHA256": model.get("sha256"), "Width": model.get("width"),
                   "PatchSize": model.get("patch_size"), "License": model.get("license")}
     template = {"Name": B.TEMPLATE_SPACE, "Path": config["template"], "SHA256": config["template_sha256"]}
+    versions = software_versions()
     provenance = {
         "Parameters": {**{k: config[k] for k in ("brain_extraction", "mask_method", "threshold", "seed",
                                                  "device", "mixed_precision", "kernels")},
@@ -60,7 +61,9 @@ def build_sidecars(config, source, results):
         "Model": model_info,
         "Template": template,
         "Device": results.get("device_plan", {}),
-        "SoftwareVersions": software_versions(),
+        # BIDS defines SoftwareVersions as a string; the table is in our own key
+        "SoftwareVersions": "; ".join(f"{k} {v}" for k, v in versions.items()),
+        "Software": versions,
         "Timings": {k: round(v, 3) for k, v in results.get("timings", {}).items()},
         "DateProcessed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

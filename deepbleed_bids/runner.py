@@ -126,8 +126,9 @@ def _run_workflow(config, images):
     progress = L.attach(config, wf, images, ncfg)  # progress lines, graph, resource monitor
     try:
         wf.run(plugin=plugin, plugin_args={**args, "status_callback": progress})
-    except RuntimeError:
-        # nipype raises once at the end when nodes failed; each failure left a crash file
+    except Exception:  # noqa: BLE001
+        # nipype raises once at the end when nodes failed (Linear: the node's own error,
+        # MultiProc: RuntimeError); each failure left a crash file
         if not any(crash_dir.glob("crash-*")):
             raise
     finally:

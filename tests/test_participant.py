@@ -103,7 +103,8 @@ def test_outputs_keep_geometry_and_carry_provenance(case, stem, folder, source, 
     assert meta["Template"]["SHA256"] == TEMPLATE["sha256"]
     assert meta["Parameters"]["NetworkInputInterpolation"] == "nearestNeighbor"
     assert set(meta["Timings"]) >= {"brain_extraction", "registration", "vnet_forward", "to_native"}
-    assert {"tensorflow", "nipype", "antspyx", "pybids"} <= set(meta["SoftwareVersions"])
+    assert {"tensorflow", "nipype", "antspyx", "pybids"} <= set(meta["Software"])
+    assert meta["SoftwareVersions"].startswith("deepbleed-bids ")  # BIDS: a string
     # the network input: raw HU, 0 outside the brain, on the template grid
     net_in = np.asanyarray(nib.load(files["space-DeepBleedCT_desc-preproc_ct"]).dataobj)
     assert (net_in == 0).mean() > 0.4 and net_in.max() <= 3071 and 20 < np.median(net_in[net_in != 0]) < 50

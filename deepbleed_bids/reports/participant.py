@@ -123,7 +123,7 @@ def _provenance(meta, out_dir, relpath):
             ("Weights sha256", f"<code>{H.esc(model.get('WeightsSHA256'))}</code>"),
             ("Template", f"{H.esc(tpl.get('Name'))} <code>{H.esc(tpl.get('SHA256'))}</code>"),
             ("Parameters", f"<code>{H.esc(json.dumps(meta.get('Parameters', {})))}</code>"),
-            ("Software", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("SoftwareVersions") or {}).items()))),
+            ("Software", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("Software") or meta.get("SoftwareVersions") or {}).items()))),
             ("Timings (s)", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("Timings") or {}).items()))),
             ("Processed", H.esc(meta.get("DateProcessed"))),
             ("Files", links)]
