@@ -249,7 +249,12 @@ def _summary(ok, failures, elapsed):
 
 def run_group(config):
     """Group level (deepbleed_bids.group); non-zero only when there is nothing to summarise."""
+    from contextlib import nullcontext
+
+    from .bidsapp import run_logs
     from .group import run_group as _run_group
 
-    _run_group(config, log=log)
+    # the group run's log file in output_dir/logs/ too (a missing folder is group's error)
+    with run_logs(config) if Path(config.output_dir).is_dir() else nullcontext():
+        _run_group(config, log=log)
     return 0
