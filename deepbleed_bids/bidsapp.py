@@ -10,15 +10,25 @@ from . import logs as L
 
 
 @contextmanager
-def run_logs(config):
-    """Give the run its id and its log file in ``output_dir/logs/`` for its duration."""
+def run_logs(config, now=True):
+    """Give the run its id and its log file ``output_dir/logs/deepbleed-bids_<run-id>.log``.
+    ``now=False``: lines are kept in memory until :func:`open_log` (a participant run
+    refused on its inputs then leaves no output folder behind)."""
     config.run_id = config.run_id or L.new_run_id()
-    path = L.start_log_file(config)
-    L.emit(f"deepbleed-bids run {config.run_id}; log file {path}")
+    L.buffer_log()
+    L.emit(f"deepbleed-bids {config.analysis_level} run {config.run_id}")
+    if now:
+        open_log(config)
     try:
-        yield path
+        yield
     finally:
         L.stop_log_file()
+
+
+def open_log(config):
+    path = L.start_log_file(config)
+    L.emit(f"log file: {path}")
+    return path
 
 
 def validate_input(config):
@@ -37,6 +47,7 @@ def after_assets(config, images):
     Returns True when the run should stop here (``--boilerplate-only``)."""
     from .boilerplate import write_citation
 
+    open_log(config)
     paths = write_citation(config)
     L.emit(f"methods text: {paths['md']} (.bib, .html beside it)")
     if config.boilerplate_only:

@@ -33,7 +33,15 @@ def emit(msg):
     if _STATE["file"] is not None:
         _STATE["file"].write(line + "\n")
         _STATE["file"].flush()
+    elif _STATE.get("buffer") is not None:  # kept until the run is sure to write outputs
+        _STATE["buffer"].append(line)
     _PROGRESS.redraw()
+
+
+def buffer_log():
+    """Keep log lines in memory until :func:`start_log_file`: a run refused before it
+    writes anything leaves no output folder behind."""
+    _STATE["buffer"] = []
 
 
 def log_folder(out_dir):
@@ -47,6 +55,8 @@ def start_log_file(config):
     path = folder / f"deepbleed-bids_{config.run_id}.log"
     stop_log_file()
     _STATE["file"] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by stop_log_file
+    for line in _STATE.pop("buffer", None) or []:
+        _STATE["file"].write(line + "\n")
     handler = logging.StreamHandler(_STATE["file"])
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     handler.set_name("deepbleed-bids-logfile")
@@ -61,6 +71,7 @@ def stop_log_file():
     if handler is not None:
         for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
             logging.getLogger(name).removeHandler(handler)
+    _STATE.pop("buffer", None)
     if _STATE["file"] is not None:
         _STATE["file"].close()
         _STATE["file"] = None

@@ -147,7 +147,7 @@ def run_participant(config):
     from . import bidsapp
 
     check_dirs(config)
-    with bidsapp.run_logs(config):
+    with bidsapp.run_logs(config, now=config.reports_only):
         if config.reports_only:
             return bidsapp.reports_only(config, write_reports)
         bidsapp.validate_input(config)
