@@ -127,7 +127,8 @@ def _generated_by(config):
 def _model_record(config):
     model = config.model_spec or {}
     return {"Name": model.get("id", config.model), "Format": model.get("format"),
-            "WeightsSHA256": model.get("sha256"), "License": model.get("license") or "unknown",
+            "WeightsSHA256": model.get("sha256"),
+            "License": model.get("license") or "unknown: weights supplied by the user; their license applies",
             "Version": __version__}
 
 

@@ -151,6 +151,8 @@ def run_participant(config):
         if config.reports_only:
             return bidsapp.reports_only(config, write_reports)
         bidsapp.validate_input(config)
+        if config.work_dir:  # its version stamp is checked before anything is written
+            bidsapp.prepare_work_dir(config)
         return _run_participant(config)
 
 
@@ -193,8 +195,6 @@ def _run_participant(config):
     if not config.work_dir:
         tmp_work = tempfile.mkdtemp(prefix="deepbleed-work-")
         config.work_dir = tmp_work
-    else:
-        bidsapp.prepare_work_dir(config)
     try:
         crashes = _run_workflow(config, images)
         _keep_crash_logs(config, crashes)

@@ -321,3 +321,17 @@ def test_stop_on_first_crash(tmp_path, asset_home):
     assert "FAILED  sub-01/ct/sub-01_ct.nii.gz" in proc.stderr
     assert "FAILED  sub-02/ct/sub-02_ct.nii.gz: no outputs were written" in proc.stderr
     assert len(list((tmp_path / "out").glob("sub-*/log/*/crash-*"))) == 1
+
+
+def test_work_dir_of_another_version_is_refused_before_any_output(valid_bids, tmp_path):
+    from deepbleed_bids.logs import WORK_STAMP
+
+    work = tmp_path / "work"
+    (work / "deepbleed_wf").mkdir(parents=True)
+    (work / WORK_STAMP).write_text("0.0.1\n")
+    cmd = [sys.executable, str(RUN_PY), str(valid_bids), str(tmp_path / "out"), "participant",
+           "--model", "synthetic-demo", "--work-dir", str(work)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1 and "holds steps computed by deepbleed-bids 0.0.1" in proc.stderr
+    assert "--clean-workdir" in proc.stderr and not (tmp_path / "out").exists()
+    assert (work / "deepbleed_wf").is_dir()  # nothing removed without --clean-workdir

@@ -167,7 +167,7 @@ def test_dataset_description_records_the_model(case):
     gen = desc["GeneratedBy"][0]
     assert gen["CodeURL"].endswith("/tree/" + gen["Version"])
     assert desc["DeepBleedModels"][0]["WeightsSHA256"] == sha256_file(case["model"])
-    assert desc["License"] == "unknown"  # the user's own weights carry no license
+    assert desc["License"].startswith("unknown: weights supplied by the user")  # no model card
     assert desc["SourceDatasets"][0]["URL"].endswith("/bids") and "HowToAcknowledge" in desc
 
 
