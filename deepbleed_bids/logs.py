@@ -53,7 +53,9 @@ def start_log_file(config):
     folder = log_folder(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"deepbleed-bids_{config.run_id}.log"
+    buffered = _STATE.pop("buffer", None) or []
     stop_log_file()
+    _STATE["buffer"] = buffered
     _STATE["file"] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by stop_log_file
     for line in _STATE.pop("buffer", None) or []:
         _STATE["file"].write(line + "\n")
@@ -199,10 +201,11 @@ class Progress:
         if image is None or image not in self.names:
             return
         label = self.labels.get(image, image)
-        if status == "start" and image not in self.started:
+        # cached steps (a re-run with the same --work-dir) report their end only
+        if image not in self.started:
             self.started[image] = time.monotonic()
             emit(f"start {len(self.started)}/{self.total} {label} (elapsed {_duration(time.monotonic() - self.t0)})")
-        elif status == "exception" and image not in self.finished:
+        if status == "exception" and image not in self.finished:
             self.failed.add(image)
             self._end(image, label, f"FAILED at {getattr(node, 'name', node)}")
         elif status == "end" and getattr(node, "name", "") == "ds_outputs" and image not in self.finished:

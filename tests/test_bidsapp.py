@@ -335,3 +335,18 @@ def test_work_dir_of_another_version_is_refused_before_any_output(valid_bids, tm
     assert proc.returncode == 1 and "holds steps computed by deepbleed-bids 0.0.1" in proc.stderr
     assert "--clean-workdir" in proc.stderr and not (tmp_path / "out").exists()
     assert (work / "deepbleed_wf").is_dir()  # nothing removed without --clean-workdir
+
+
+def test_log_lines_before_the_outputs_reach_the_log_file(tmp_path):
+    from deepbleed_bids import bidsapp
+    from deepbleed_bids import logs as L
+
+    config = Config(bids_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    with bidsapp.run_logs(config, now=False):
+        L.emit("validated before any output")
+        assert not (tmp_path / "out").exists()
+        path = bidsapp.open_log(config)
+        L.emit("after")
+    text = path.read_text()
+    assert path.name == f"deepbleed-bids_{config.run_id}.log"
+    assert text.index("validated before any output") < text.index("log file:") < text.index("after")

@@ -218,3 +218,4 @@ def test_rerun_reuses_finished_nodes(case):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert node.stat().st_mtime_ns == before
     assert "2 image(s) processed, 0 failed" in proc.stderr
+    assert "start 2/2" in proc.stderr and "done 2/2" in proc.stderr  # progress also when cached
