@@ -7,8 +7,8 @@ real GE head with synthetic hematomas of known, changing volume: 2 participants 
 network-independent measure (hyperdensity estimate) is checked against the truth too.
 """
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
