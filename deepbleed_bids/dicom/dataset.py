@@ -90,7 +90,7 @@ BIDSIGNORE = ["# CT is not in the BIDS specification yet (BEP024, https://bids.n
 
 README = """# CT dataset converted by deepbleed-bids dicom2bids
 
-Head CT images converted from DICOM with dcm2niix (`deepbleed-bids dicom2bids`):
+CT images converted from DICOM with dcm2niix (`deepbleed-bids dicom2bids`):
 `sub-<label>/[ses-<label>/]ct/sub-<label>[_ses-<label>]_acq-<kernel>[_run-<n>]_ct.nii.gz`,
 with JSON sidecars and the conversion log in `sourcedata/dicom2bids/`.
 
