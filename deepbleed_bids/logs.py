@@ -5,6 +5,7 @@ per image, the resource monitor and the work folder's version stamp.
 Kept out of runner.py so that the run itself stays readable; runner calls these.
 """
 import logging
+import os
 import re
 import shutil
 import sys
@@ -302,6 +303,9 @@ def attach(config, wf, images, nipype_config):
     if config.resource_monitor:
         nipype_config.update_config({"monitoring": {"enabled": True, "sample_frequency": "0.5"}})
         nipype_config.enable_resource_monitor()
+        # nipype's monitor writes .proc-* files into the current folder: make that the work folder
+        _STATE["cwd"] = os.getcwd()
+        os.chdir(config.work_dir)
     if config.write_graph:
         write_graph(config, wf)
     return start_progress(images, resources=[] if config.resource_monitor else None)
@@ -310,6 +314,8 @@ def attach(config, wf, images, nipype_config):
 def detach(config, progress):
     """After ``wf.run`` (also when it failed)."""
     stop_progress()
+    if _STATE.get("cwd"):
+        os.chdir(_STATE.pop("cwd"))
     if config.resource_monitor and progress.resources is not None:
         path = write_resources(config, progress.resources)
         emit(f"resource monitor: {path}")

@@ -44,7 +44,7 @@ def case(ge_head, head_and_brain, asset_home, tmp_path_factory):
     cmd = [sys.executable, str(RUN_PY), str(bids), str(tmp / "out"), "participant", "--model", str(model),
            "--nprocs", "2", "--omp-nthreads", "1", "--work-dir", str(tmp / "work"),
            "--write-graph", "--resource-monitor", "--notrack", "--mem", "8G"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
     return {"tmp": tmp, "bids": bids, "out": tmp / "out", "proc": proc, "lesion": lesion, "info": info,
             "model": model, "cmd": cmd, "env": env}
 
@@ -152,6 +152,7 @@ def test_run_logs_progress_config_and_methods(case):
     resources = (out / "logs" / run_id / "resources.tsv").read_text().splitlines()
     assert resources[0].split("\t")[:4] == ["node", "startTime", "endTime", "duration_s"]
     assert any("register" in row for row in resources[1:])
+    assert not list(case["tmp"].glob(".proc-*")), "resource-monitor files left in the current folder"
     # methods boilerplate from the exact run, shown in the report
     citation = (out / "logs" / "CITATION.md").read_text()
     assert sha256_file(case["model"]) in citation and TEMPLATE["sha256"] in citation
