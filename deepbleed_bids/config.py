@@ -42,6 +42,17 @@ class Config:
     qc_thresholds: dict = field(default_factory=dict)  # overrides of deepbleed_bids.qc.THRESHOLDS
     dicom_output: bool = None  # None: when dicom2bids recorded the source series
     dicom_deidentify: bool = False  # leave patient/study identifiers out of the DICOM outputs
+    # fMRIPrep-style run options (see cli/parser.py)
+    skip_bids_validation: bool = False
+    notrack: bool = False  # nothing is ever sent anywhere: accepted for compatibility
+    stop_on_first_crash: bool = False
+    write_graph: bool = False
+    resource_monitor: bool = False
+    clean_workdir: bool = False
+    reports_only: bool = False
+    boilerplate_only: bool = False
+    config_file: str = ""
+    run_id: str = ""  # <date>-<time>_<random>: names this run's log folders
     # filled in once assets are resolved
     template_sha256: str = ""
     model_spec: dict = field(default_factory=dict)

@@ -52,6 +52,7 @@ def build_sidecars(config, source, results):
                   "WeightsSHA256": model.get("sha256"), "Width": model.get("width"),
                   "PatchSize": model.get("patch_size"), "License": model.get("license")}
     template = {"Name": B.TEMPLATE_SPACE, "Path": config["template"], "SHA256": config["template_sha256"]}
+    versions = software_versions()
     provenance = {
         "Parameters": {**{k: config[k] for k in ("brain_extraction", "mask_method", "threshold", "seed",
                                                  "device", "mixed_precision", "kernels")},
@@ -62,14 +63,20 @@ def build_sidecars(config, source, results):
         "Model": model_info,
         "Template": template,
         "Device": results.get("device_plan", {}),
-        "SoftwareVersions": software_versions(),
+        # BIDS defines SoftwareVersions as a string; the table is in our own key
+        "SoftwareVersions": "; ".join(f"{k} {v}" for k, v in versions.items()),
+        "Software": versions,
         "Timings": {k: round(v, 3) for k, v in results.get("timings", {}).items()},
         "DateProcessed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     vox_ml = results["voxel_volume_ml"]
+    # BIDS mask Type is one of Brain/Lesion/Face/ROI: the class is in our own key
+    lesion = {"Type": "Lesion", "LesionClass": "hemorrhage"}
+    native_ref = {"SpatialReference": raw[0]}  # the source image's own grid
+    template_ref = {"SpatialReference": B.spatial_reference(config)}
     hemorrhage = {
         "Sources": raw + [f"bids::{Path(plan_outputs('', source['relpath'])['hemorrhage_probseg'])}"],
-        "Type": "Hemorrhage",
+        **lesion, **native_ref,
         "Description": "Intracerebral hemorrhage with any intraventricular extension (ICH + IVH)",
         "HemorrhageVolume": round(results["hemorrhage_volume_ml"], 3),
         "HemorrhageVolumeUnits": "mL",
@@ -83,15 +90,20 @@ def build_sidecars(config, source, results):
         **provenance,
     }
     return {
-        "brain_mask": {"Sources": raw, "Type": "Brain", **brain, "VoxelVolume": vox_ml, **provenance},
+        "brain_mask": {"Sources": raw, "Type": "Brain", **native_ref,
+                       "Description": "Brain (CT brain extraction)", **brain, "VoxelVolume": vox_ml, **provenance},
         "hemorrhage_mask": hemorrhage,
-        "hemorrhage_probseg": {"Sources": raw, "Type": "Hemorrhage", "Interpolation": "linear",
+        "hemorrhage_probseg": {"Sources": raw, **lesion, **native_ref, "Interpolation": "linear",
+                               "Description": "Hemorrhage probability (ICH + IVH), warped back from the "
+                                              "template grid",
                                **{k: hemorrhage[k] for k in ("HemorrhageVolume", "HemorrhageVolumeUnits")},
                                **provenance},
-        "preproc_template": {"Sources": raw, "SkullStripped": True, "Interpolation": "nearestNeighbor",
+        "preproc_template": {"Sources": raw, **template_ref, "SkullStripped": True, "Interpolation": "nearestNeighbor",
                              "Description": "network input: raw HU, 0 outside the brain, template grid",
                              "RegistrationSimilarity": results.get("similarity"), **provenance},
-        "probseg_template": {"Sources": raw, "Type": "Hemorrhage", **provenance},
+        "probseg_template": {"Sources": raw, **lesion, **template_ref,
+                             "Description": "Hemorrhage probability (ICH + IVH): the network output",
+                             **provenance},
         "transform": {"Sources": raw, "FromSpace": "orig", "ToSpace": B.TEMPLATE_SPACE, "Type": "rigid",
                       "Software": "ANTs (antspyx)", "RegistrationSimilarity": results.get("similarity"),
                       **provenance},

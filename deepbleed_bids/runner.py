@@ -2,7 +2,6 @@
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -14,7 +13,9 @@ from .preflight import preflight, record_outcomes, user_reason
 
 
 def log(msg):
-    print(f"[deepbleed-bids {datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+    from .logs import emit  # stderr, the run's log file, and the progress bar kept below
+
+    emit(msg)
 
 
 def check_dirs(config):
@@ -88,6 +89,7 @@ def _run_workflow(config, images):
     from nipype import config as ncfg
     from nipype import logging as nlogging
 
+    from . import logs as L
     from .execution import plugin_settings, poll_seconds, warm_imports_callback
     from .workflows.base import init_deepbleed_wf
 
@@ -97,7 +99,7 @@ def _run_workflow(config, images):
     ncfg.update_config({
         "execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                       "poll_sleep_duration": poll_seconds(plugin),
-                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False,
+                      "stop_on_first_crash": bool(config.stop_on_first_crash), "remove_unnecessary_outputs": False,
                       "hash_method": "content", "check_version": False, "create_report": False,
                       "write_provenance": False},
         "logging": {"workflow_level": "INFO" if config.verbose else "WARNING",
@@ -105,38 +107,58 @@ def _run_workflow(config, images):
     })
     nlogging.update_logging(ncfg)
     wf = init_deepbleed_wf(config, images)
+
+    progress = L.attach(config, wf, images, ncfg)  # progress lines, graph, resource monitor
+    status = progress
     if plugin == "Linear":  # nodes run in this process: import what they need while it waits
-        args = {**args, "status_callback": warm_imports_callback()}
+        warm = warm_imports_callback()
+
+        def status(node, state):
+            progress(node, state)
+            warm(node, state)
+
     try:
-        wf.run(plugin=plugin, plugin_args=args)
-    except RuntimeError:
-        # nipype raises once at the end when nodes failed; each failure left a crash file
+        wf.run(plugin=plugin, plugin_args={**args, "status_callback": status})
+    except Exception:  # noqa: BLE001
+        # nipype raises once at the end when nodes failed (Linear: the node's own error,
+        # MultiProc: RuntimeError); each failure left a crash file
         if not any(crash_dir.glob("crash-*")):
             raise
+    finally:
+        L.detach(config, progress)
     return _crashed_images(crash_dir)
 
 
 def _keep_crash_logs(config, crashes):
-    for wf_name, (_, crash) in crashes.items():
-        sub = re.match(r"ct_sub_([a-zA-Z0-9]+)_", wf_name)
-        dest = Path(config.output_dir) / (f"sub-{sub.group(1)}" if sub else "") / "log"
-        dest.mkdir(parents=True, exist_ok=True)
-        if Path(crash).is_file():
-            shutil.copy(crash, dest / Path(crash).name)
+    from .logs import keep_crash_files
+
+    keep_crash_files(config, crashes)  # into sub-X/log/<run-id>/
 
 
 def run_participant(config):
     """Participant level; returns the exit code (non-zero if any image failed, 143/130 when stopped)."""
     from .signals import run_stoppable
 
-    return run_stoppable(_run_participant, config, log=log)
+    return run_stoppable(_run_bidsapp, config, log=log)
+
+
+def _run_bidsapp(config):
+    from . import bidsapp
+
+    check_dirs(config)
+    with bidsapp.run_logs(config, now=config.reports_only):
+        if config.reports_only:
+            return bidsapp.reports_only(config, write_reports)
+        bidsapp.validate_input(config)
+        if config.work_dir:  # its version stamp is checked before anything is written
+            bidsapp.prepare_work_dir(config)
+        return _run_participant(config)
 
 
 def _run_participant(config):
     from .kernels import select_series
 
     start = time.perf_counter()
-    check_dirs(config)
     from .qc import check_thresholds
 
     try:
@@ -164,7 +186,10 @@ def _run_participant(config):
         log(f"WARNING: {notice}")
         for source in images:
             source["warnings"] = [*source.get("warnings", []), notice]
-    B.write_dataset_description(config.output_dir, config.bids_dir)
+    from . import bidsapp
+
+    if bidsapp.after_assets(config, images):  # dataset files, methods text, configs
+        return 0  # --boilerplate-only
 
     tmp_work = None
     if not config.work_dir:
@@ -226,7 +251,12 @@ def _summary(ok, failures, elapsed):
 
 def run_group(config):
     """Group level (deepbleed_bids.group); non-zero only when there is nothing to summarise."""
+    from contextlib import nullcontext
+
+    from .bidsapp import run_logs
     from .group import run_group as _run_group
 
-    _run_group(config, log=log)
+    # the group run's log file in output_dir/logs/ too (a missing folder is group's error)
+    with run_logs(config) if Path(config.output_dir).is_dir() else nullcontext():
+        _run_group(config, log=log)
     return 0

@@ -59,7 +59,7 @@ MEM_GB=$(( ${SLURM_MEM_PER_NODE:-0} / 1024 ))   # SLURM gives MB
 
 ARGS=("$BIDS_DIR" "$OUT_DIR" participant --participant-label "$LABEL" --work-dir "$WORK"
       --nprocs "$CPUS" --omp-nthreads "$CPUS")
-if (( MEM_GB > 0 )); then ARGS+=(--mem "$MEM_GB"); fi
+if (( MEM_GB > 0 )); then ARGS+=(--mem "${MEM_GB}G"); fi
 # shellcheck disable=SC2206  # EXTRA is split into words on purpose
 if [[ -n "$EXTRA" ]]; then ARGS+=($EXTRA); fi
 

@@ -186,9 +186,27 @@ def test_dataset_description_participants_and_log(ge_bids):
     log = (bids / "sourcedata/dicom2bids/sub-01_log.txt").read_text()
     assert result.log == bids / "sourcedata/dicom2bids/sub-01_log.txt"
     assert "converted series 2" in log and "Gantry Tilt" in log and "series_Tilt_Eq_1" in log
-    assert leftovers(bids) == ["dataset_description.json", "participants.tsv", "sourcedata", "sub-01"]
+    assert leftovers(bids) == [".bidsignore", "README.md", "dataset_description.json", "participants.tsv",
+                               "sourcedata", "sub-01"]
     sidecar = bids / "sub-01/ct/sub-01_acq-soft_ct.json"
     assert sidecar.stat().st_mode & 0o044 == (bids / "sub-01/ct/sub-01_acq-soft_ct.nii.gz").stat().st_mode & 0o044
+
+
+def test_converted_datasets_pass_the_bids_validator(ge_bids, mixed_bids):
+    """0 errors from the official validator: CT (BEP024) is listed in .bidsignore."""
+    from deepbleed_bids.validation import errors, run_validator
+
+    for bids in (ge_bids[0], mixed_bids[0]):
+        issues = run_validator(bids)
+        assert errors(issues) == [], errors(issues)
+        assert "**/ct" in (bids / ".bidsignore").read_text().splitlines()
+        assert "BEP024" in (bids / "README.md").read_text()
+    # without the .bidsignore the same dataset fails: the test can tell
+    (ge_bids[0] / ".bidsignore").rename(ge_bids[0] / "bidsignore.bak")
+    try:
+        assert any(i["code"] == "NOT_INCLUDED" for i in errors(run_validator(ge_bids[0])))
+    finally:
+        (ge_bids[0] / "bidsignore.bak").rename(ge_bids[0] / ".bidsignore")
 
 
 def test_pybids_finds_ct(ge_bids, mixed_bids):

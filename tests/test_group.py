@@ -8,6 +8,7 @@ network-independent measure (hyperdensity estimate) is checked against the truth
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -319,7 +320,7 @@ def test_participant_reports_render(cohort):
     text = (out / "sub-02.html").read_text()
     section = text[text.index("id='sub-02_ses-3'"):]
     assert "FAILED" in section[:400] and "brain extraction" in section
-    assert any("/log/crash-" in h for h in links.hrefs)
+    assert any(re.search(r"/log/[0-9]{8}-[0-9]{6}_[0-9a-f]{8}/crash-", h) for h in links.hrefs)  # log/<run-id>/
     assert not (out / "sub-03.html").exists()
 
 

@@ -5,6 +5,7 @@ the way back to native space is checked separately with a known mask.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,9 @@ def case(ge_head, head_and_brain, asset_home, tmp_path_factory):
     build_vnet(width=4).save_weights(model)
     env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
     cmd = [sys.executable, str(RUN_PY), str(bids), str(tmp / "out"), "participant", "--model", str(model),
-           "--nprocs", "2", "--omp-nthreads", "1", "--work-dir", str(tmp / "work")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+           "--nprocs", "2", "--omp-nthreads", "1", "--work-dir", str(tmp / "work"),
+           "--write-graph", "--resource-monitor", "--notrack", "--mem", "8G"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
     return {"tmp": tmp, "bids": bids, "out": tmp / "out", "proc": proc, "lesion": lesion, "info": info,
             "model": model, "cmd": cmd, "env": env}
 
@@ -62,7 +64,8 @@ def test_one_bad_scan_fails_alone_with_a_named_reason(case):
     assert "FAILED  sub-02/ct/sub-02_ct.nii.gz" in summary
     assert "InputError" in summary and "skull" in summary
     assert not (case["out"] / "sub-02" / "ct").exists()  # no partial outputs
-    assert list((case["out"] / "sub-02" / "log").glob("crash-*.txt"))
+    runs = list((case["out"] / "sub-02" / "log").iterdir())  # sub-X/log/<run-id>/
+    assert len(runs) == 1 and list(runs[0].glob("crash-*.txt"))
     assert not list(case["out"].glob(".deepbleed-staging-*"))
 
 
@@ -100,7 +103,8 @@ def test_outputs_keep_geometry_and_carry_provenance(case, stem, folder, source, 
     assert meta["Template"]["SHA256"] == TEMPLATE["sha256"]
     assert meta["Parameters"]["NetworkInputInterpolation"] == "nearestNeighbor"
     assert set(meta["Timings"]) >= {"brain_extraction", "registration", "vnet_forward", "to_native"}
-    assert {"tensorflow", "nipype", "antspyx", "pybids"} <= set(meta["SoftwareVersions"])
+    assert {"tensorflow", "nipype", "antspyx", "pybids"} <= set(meta["Software"])
+    assert meta["SoftwareVersions"].startswith("deepbleed-bids ")  # BIDS: a string
     # the network input: raw HU, 0 outside the brain, on the template grid
     net_in = np.asanyarray(nib.load(files["space-DeepBleedCT_desc-preproc_ct"]).dataobj)
     assert (net_in == 0).mean() > 0.4 and net_in.max() <= 3071 and 20 < np.median(net_in[net_in != 0]) < 50
@@ -111,6 +115,72 @@ def test_dataset_description(case):
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "deepbleed-bids"
     assert desc["DatasetLinks"]["raw"].endswith("/bids")
+
+
+def test_derivatives_pass_the_bids_validator(case):
+    from deepbleed_bids.validation import errors, run_validator
+
+    issues = run_validator(case["out"])
+    assert errors(issues) == [], errors(issues)
+    # the rules behind it: the hemorrhage mask is a BIDS "Lesion" mask, template files resolve
+    meta = json.loads((case["out"] / "sub-01/ses-2/anat/sub-01_ses-2_acq-axial_desc-hemorrhage_mask.json").read_text())
+    assert meta["Type"] == "Lesion" and meta["LesionClass"] == "hemorrhage"
+    tpl = json.loads((case["out"] / "sub-01/ses-2/anat/"
+                      "sub-01_ses-2_acq-axial_space-DeepBleedCT_desc-hemorrhage_probseg.json").read_text())
+    assert tpl["SpatialReference"] == TEMPLATE["url"] and TEMPLATE["sha256"] in tpl["SpatialReference"] + \
+        tpl["Template"]["SHA256"]
+    assert "BEP024" in (case["out"] / "README.md").read_text()
+
+
+def test_run_logs_progress_config_and_methods(case):
+    out, stderr = case["out"], case["proc"].stderr
+    run_id = next(p.name for p in (out / "sub-02" / "log").iterdir())
+    # one log file per run, with our lines; the resolved configuration per participant
+    log = (out / "logs" / f"deepbleed-bids_{run_id}.log").read_text()
+    assert "done in" in log and "BIDS validator: 0 error(s)" in log
+    for sub in ("sub-01", "sub-02"):
+        config = (out / sub / "log" / run_id / "config.toml").read_text()
+        assert 'model = "' + str(case["model"]) + '"' in config and "mem_gb = 8.0" in config
+    # one line per image as it starts and ends, with n/N and the time left
+    assert len(re.findall(r"\] start [123]/3 sub-0", stderr)) == 3
+    ends = re.findall(r"\] (done|FAILED at \S+) ([123])/3 (\S+) in ", stderr)
+    assert sorted(n for _, n, _ in ends) == ["1", "2", "3"] and "left)" in stderr
+    assert {rel for what, _, rel in ends if what != "done"} == {"sub-02/ct/sub-02_ct.nii.gz"}
+    # --write-graph, --resource-monitor
+    graph = (out / "logs" / run_id / "graph.dot").read_text()
+    assert "ct_sub_01_ses_1_wf" in graph and "->" in graph
+    resources = (out / "logs" / run_id / "resources.tsv").read_text().splitlines()
+    assert resources[0].split("\t")[:4] == ["node", "startTime", "endTime", "duration_s"]
+    assert any("register" in row for row in resources[1:])
+    assert not list(case["tmp"].glob(".proc-*")), "resource-monitor files left in the current folder"
+    # methods boilerplate from the exact run, shown in the report
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert sha256_file(case["model"]) in citation and TEMPLATE["sha256"] in citation
+    assert "threshold 0.5" in citation and "Muschelli" in citation and "dcm2niix" in citation
+    bib = (out / "logs" / "CITATION.bib").read_text()
+    assert all(f"{{{key}," in bib for key in ("deepbleed", "muschelli2015", "ants", "nipype", "dcm2niix",
+                                               "tensorflow"))
+    assert "<h2 id='methods'>" in (out / "sub-01.html").read_text()
+
+
+def test_dataset_description_records_the_model(case):
+    desc = json.loads((case["out"] / "dataset_description.json").read_text())
+    gen = desc["GeneratedBy"][0]
+    assert gen["CodeURL"].endswith("/tree/" + gen["Version"])
+    assert desc["DeepBleedModels"][0]["WeightsSHA256"] == sha256_file(case["model"])
+    assert desc["License"].startswith("unknown: weights supplied by the user")  # no model card
+    assert desc["SourceDatasets"][0]["URL"].endswith("/bids") and "HowToAcknowledge" in desc
+
+
+def test_reports_only_rebuilds_without_processing(case):
+    report = case["out"] / "sub-01.html"
+    mask = case["out"] / "sub-01/ses-1/ct/sub-01_ses-1_desc-hemorrhage_mask.nii.gz"
+    before, mask_before = report.stat().st_mtime_ns, mask.stat().st_mtime_ns
+    proc = subprocess.run(case["cmd"] + ["--reports-only", "--participant-label", "01"], env=case["env"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 report(s) rebuilt" in proc.stderr and "CT image(s)" not in proc.stderr
+    assert report.stat().st_mtime_ns > before and mask.stat().st_mtime_ns == mask_before
 
 
 def test_known_template_mask_lands_on_the_lesion(case, template_path, tmp_path):
@@ -149,3 +219,4 @@ def test_rerun_reuses_finished_nodes(case):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert node.stat().st_mtime_ns == before
     assert "2 image(s) processed, 0 failed" in proc.stderr
+    assert "start 2/2" in proc.stderr and "done 2/2" in proc.stderr  # progress also when cached

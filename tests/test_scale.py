@@ -140,9 +140,12 @@ def _describe(args):
     os.environ["DEEPBLEED_CONTAINER"] = "test"
     os.environ["DEEPBLEED_CONTAINER_TAG"] = tag
     from deepbleed_bids.bids import write_dataset_description
+    from deepbleed_bids.config import Config
 
+    config = Config(bids_dir=bids_dir, output_dir=out_dir, model="synthetic-demo")
+    config.model_spec = {"id": "synthetic-demo", "sha256": "0" * 64, "license": "Apache-2.0"}
     barrier.wait()
-    target = write_dataset_description(out_dir, bids_dir)
+    target = write_dataset_description(config, log=lambda msg: None)
     return os.stat(target).st_ino, target.read_text()
 
 
@@ -160,7 +163,8 @@ def test_dataset_description_written_once_by_racing_jobs(tmp_path):
     desc = json.loads(seen[0][1])
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Container"]["Tag"] in {f"job-{i}" for i in range(n)}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dataset_description.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".bidsignore", "README.md",
+                                                                    "dataset_description.json"]
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +231,7 @@ def test_two_participant_jobs_into_one_output_folder(ge_head, asset_home, tiny_m
     assert desc["GeneratedBy"][0]["Container"]["Tag"] in {"task-1", "task-2"}
     assert os.stat(out / "dataset_description.json").st_nlink == 1
     assert {"dataset_description.json", "sub-01", "sub-02"} <= {p.name for p in out.iterdir()}
-    leftovers = list(out.rglob(".*"))
+    leftovers = [p for p in out.rglob(".*") if p.name != ".bidsignore"]
     assert not leftovers, f"staging leftovers: {leftovers}"
     for label in ("01", "02"):
         meta = json.loads((out / f"sub-{label}/ct/sub-{label}_desc-hemorrhage_mask.json").read_text())

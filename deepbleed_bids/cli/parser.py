@@ -17,6 +17,33 @@ def _json_dict(text):
     return value
 
 
+_UNITS = {"": None, "k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3}
+MEM_MIN_GB, MEM_MAX_GB = 0.5, 8192.0
+
+
+def memory_gb(text, bare="m"):
+    """``16G``, ``16GB``, ``16000M``, ``16GiB``, ``0.5T`` -> GB. A bare number is in MB
+    (``bare="m"``, fMRIPrep's ``--mem``) or in GB (``bare="g"``, ``--mem-gb``)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size: use e.g. 16G, 16GB or 16000M")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    gb = number * (_UNITS[unit] if unit else _UNITS[bare])
+    if gb == 0:
+        return 0.0  # 0: no limit (nipype's default)
+    if not MEM_MIN_GB <= gb <= MEM_MAX_GB:
+        hint = f"; did you mean {text}G?" if not unit and bare == "m" and number < 1024 else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} = {gb:g} GB is implausible (allowed {MEM_MIN_GB:g} GB to {MEM_MAX_GB:g} GB){hint}")
+    return round(gb, 6)
+
+
+def memory_gb_bare_gb(text):
+    return memory_gb(text, bare="g")
+
+
 def add_bids_app_arguments(parser):
     parser.add_argument("bids_dir", type=Path, help="the BIDS dataset (raw CT)")
     parser.add_argument("output_dir", type=Path, help="where derivatives are written")
@@ -70,8 +97,11 @@ def add_bids_app_arguments(parser):
                       help="processes nipype may run at once")
     perf.add_argument("--omp-nthreads", type=int, default=0,
                       help="threads per process (default: nprocs, capped at 8)")
-    perf.add_argument("--mem", "--mem-gb", dest="mem_gb", type=float, default=0.0,
-                      help="memory nipype may plan for, in GB")
+    perf.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem_gb", type=memory_gb, default=0.0,
+                      metavar="SIZE", help="memory nipype may plan for: 16G, 16GB or 16000M; a bare number "
+                                           "is in MB, as in fMRIPrep (--mem 16000 = 16 GB)")
+    perf.add_argument("--mem-gb", dest="mem_gb", type=memory_gb_bare_gb, default=0.0, metavar="GB",
+                      help="the same in GB (--mem-gb 16 = --mem 16G)")
     perf.add_argument("--plugin", default="MultiProc",
                       help="nipype plugin: MultiProc (default), Linear, SLURM, SGE, PBS, ...")
     perf.add_argument("--plugin-args", type=_json_dict, default={}, metavar="JSON",
@@ -79,6 +109,31 @@ def add_bids_app_arguments(parser):
     perf.add_argument("-w", "--work-dir", type=Path,
                       help="nipype working folder; a re-run with the same one reuses finished steps "
                            "(default: a temporary folder removed at the end)")
+
+    run = parser.add_argument_group("run options (the same meaning as in fMRIPrep)")
+    run.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                     help="do not run the BIDS validator on the input (by default its errors stop the run)")
+    run.add_argument("--notrack", action="store_true",
+                     help="accepted for compatibility; does nothing: deepbleed-bids never sends usage data")
+    run.add_argument("--stop-on-first-crash", action="store_true",
+                     help="stop at the first failing step instead of processing the other images")
+    run.add_argument("--write-graph", action="store_true",
+                     help="write the workflow graph (graphviz .dot, and .svg when `dot` is installed) "
+                          "into output_dir/logs/<run-id>/")
+    run.add_argument("--resource-monitor", action="store_true",
+                     help="record each step's run time, peak memory and CPU use into "
+                          "output_dir/logs/<run-id>/resources.tsv")
+    run.add_argument("--clean-workdir", action="store_true",
+                     help="remove this app's cached steps from --work-dir before starting (other files "
+                          "there are left alone)")
+    run.add_argument("--config-file", type=Path, metavar="FILE",
+                     help="TOML file of options (names as on the command line, e.g. model = \"synthetic-demo\", "
+                          "nprocs = 4, mem = \"16G\"); the command line wins. Each run writes its resolved "
+                          "configuration as such a file into its log folders")
+    run.add_argument("--reports-only", action="store_true",
+                     help="rebuild the reports and the methods text from existing derivatives; process nothing")
+    run.add_argument("--boilerplate-only", "--boilerplate_only", action="store_true",
+                     help="write the methods text (logs/CITATION.md, .bib, .html) and stop")
 
     grp = parser.add_argument_group("group level")
     grp.add_argument("--group-by", nargs="+", default=[], metavar="COLUMN",
@@ -105,3 +160,84 @@ def build_parser():
                     "non-contrast head CT (DeepBleed VNet) as a BIDS-App.",
     )
     return add_bids_app_arguments(parser)
+
+
+# ---------------------------------------------------------------- --config-file (TOML)
+
+# Keys of a written configuration that record the run rather than set options
+CONFIG_RECORD_TABLE = "provenance"
+# Config fields that are written but are not command-line options as such
+_CONFIG_ONLY = {"bids_filters"}
+
+
+def _action_for(parser, key):
+    name = key.replace("_", "-")
+    action = parser._option_string_actions.get(f"--{name}")
+    if action is None:
+        action = next((a for a in parser._actions if a.dest == key and a.option_strings), None)
+    return action
+
+
+def _convert(action, value, key, path):
+    def one(item):
+        if isinstance(item, dict) or action.type is None:
+            return item
+        if action.type is float and isinstance(item, (int, float)) and not isinstance(item, bool):
+            return float(item)
+        return action.type(str(item))
+
+    if isinstance(action, argparse._CountAction):  # -v, -vv
+        return int(value)
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if action.nargs in ("+", "*"):
+        value = [one(v) for v in (value if isinstance(value, list) else [value])]
+        bad = [v for v in value if action.choices and v not in action.choices]
+    else:
+        value = one(value)
+        bad = [value] if action.choices and value not in action.choices else []
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not one of {list(action.choices)}")
+    return value
+
+
+def apply_config_file(args, parser=None):
+    """Fill ``args`` from ``args.config_file``: every option the command line left at its
+    default takes the file's value. Raises ValueError with the file and key at fault."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    path = getattr(args, "config_file", None)
+    if not path:
+        return args
+    parser = parser or build_parser()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ValueError(f"--config-file {path}: no such file") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"--config-file {path}: not valid TOML ({err})") from err
+    data.pop(CONFIG_RECORD_TABLE, None)
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if key in _CONFIG_ONLY:
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+            continue
+        action = _action_for(parser, key)
+        if action is None or action.dest in ("help", "version", "config_file"):
+            known = sorted(a.dest for a in parser._actions if a.option_strings and a.dest not in ("help", "version"))
+            raise ValueError(f"--config-file {path}: unknown option '{key}'; known: {', '.join(known)}")
+        if value == "" and action.default is None:
+            continue
+        try:
+            value = _convert(action, value, key, path)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
+            raise ValueError(f"--config-file {path}: '{key}': {err}") from err
+        if getattr(args, action.dest, None) == action.default:  # the command line wins
+            setattr(args, action.dest, value)
+    return args

@@ -1,7 +1,8 @@
 """BIDS-App entry point (``run.py`` and ``deepbleed-bids run``): parse, then dispatch."""
 import sys
+from pathlib import Path
 
-from .parser import add_bids_app_arguments, build_parser
+from .parser import add_bids_app_arguments, apply_config_file, build_parser
 
 
 def add_parser(subparsers):
@@ -21,7 +22,8 @@ def config_from_args(args):
         bids_dir=str(args.bids_dir.absolute()), output_dir=str(args.output_dir.absolute()),
         analysis_level=args.analysis_level,
         participant_label=list(args.participant_label), session_label=list(args.session_label),
-        bids_filters=load_filters(args.bids_filter_file) if args.bids_filter_file else {},
+        bids_filters=(load_filters(args.bids_filter_file) if args.bids_filter_file
+                      else getattr(args, "bids_filters", None) or {}),
         work_dir=str(args.work_dir.absolute()) if args.work_dir else "", nprocs=nprocs,
         omp_nthreads=args.omp_nthreads or min(nprocs, 8), mem_gb=args.mem_gb,
         plugin=args.plugin, plugin_args=args.plugin_args, device=args.device,
@@ -35,6 +37,11 @@ def config_from_args(args):
         expansion_ml=args.expansion_ml, expansion_pct=args.expansion_pct,
         post_treatment_sessions=list(args.post_treatment_sessions), qc_thresholds=args.qc_thresholds,
         dicom_output=args.dicom_output, dicom_deidentify=args.dicom_deidentify,
+        skip_bids_validation=args.skip_bids_validation, notrack=args.notrack,
+        stop_on_first_crash=args.stop_on_first_crash, write_graph=args.write_graph,
+        resource_monitor=args.resource_monitor, clean_workdir=args.clean_workdir,
+        reports_only=args.reports_only, boilerplate_only=args.boilerplate_only,
+        config_file=str(Path(args.config_file).absolute()) if args.config_file else "",
     )
 
 
@@ -42,6 +49,12 @@ def run(args):
     from .. import runner
     from ..execution import plugin_settings, runtime_environment
 
+    from ..errors import InputError
+
+    try:
+        apply_config_file(args)
+    except ValueError as err:
+        raise InputError(str(err)) from err
     config = config_from_args(args)
     plugin_settings(config)  # a bad --plugin/--nprocs/--mem fails here, before any work
     # caches and temporary files in the work folder: nothing written to $HOME or /tmp

@@ -3,6 +3,7 @@
 Written into ``bids_dir`` (CT is the proposed BIDS datatype of BEP024)::
 
     dataset_description.json                      created when absent, never rewritten
+    .bidsignore, README.md                        CT lines added (BEP024 pending); README when absent
     participants.tsv                              row added; existing rows/columns kept
     sub-X/[ses-Y/]ct/sub-X[_ses-Y]_acq-<kernel>[_run-<n>]_ct.nii.gz + .json
     sourcedata/dicom2bids/sub-X[_ses-Y]_log.txt   dcm2niix output and per-series decisions

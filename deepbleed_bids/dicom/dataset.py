@@ -79,7 +79,39 @@ def ensure_dataset_description(bids_dir, dcm2niix_version=None):
     if dcm2niix_version:
         desc["GeneratedBy"].append({"Name": "dcm2niix", "Version": dcm2niix_version})
     path = Path(bids_dir) / "dataset_description.json"
+    ensure_dataset_files(bids_dir)
     return not path.exists() and _atomic_write(path, json.dumps(desc, indent=2) + "\n", clobber=False)
+
+
+# CT is not in the BIDS specification yet (BEP024): without these lines the official
+# validator reports every CT image as NOT_INCLUDED (an error).
+BIDSIGNORE = ["# CT is not in the BIDS specification yet (BEP024, https://bids.neuroimaging.io/bep024)",
+              "**/ct", "*_ct.nii.gz", "*_ct.json"]
+
+README = """# CT dataset converted by deepbleed-bids dicom2bids
+
+CT images converted from DICOM with dcm2niix (`deepbleed-bids dicom2bids`):
+`sub-<label>/[ses-<label>/]ct/sub-<label>[_ses-<label>]_acq-<kernel>[_run-<n>]_ct.nii.gz`,
+with JSON sidecars and the conversion log in `sourcedata/dicom2bids/`.
+
+CT is not yet part of the BIDS specification: the `ct` datatype and `_ct` suffix follow
+the proposal BEP024 (https://bids.neuroimaging.io/bep024). Until it is merged, `.bidsignore`
+lists the CT files so that the BIDS validator accepts the dataset; the rest of the dataset
+is validated as usual.
+"""
+
+
+def ensure_dataset_files(bids_dir):
+    """.bidsignore (missing lines added, the user's kept) and README (written when absent)."""
+    bids_dir = Path(bids_dir)
+    bids_dir.mkdir(parents=True, exist_ok=True)
+    ignore = bids_dir / ".bidsignore"
+    text = ignore.read_text(encoding="utf-8") if ignore.is_file() else ""
+    missing = [line for line in BIDSIGNORE if line not in text.splitlines()]
+    if missing:
+        _atomic_write(ignore, text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(missing) + "\n")
+    if not any((bids_dir / name).exists() for name in ("README", "README.md", "README.txt", "README.rst")):
+        _atomic_write(bids_dir / "README.md", README, clobber=False)
 
 
 def log_path(bids_dir, participant, session=None):

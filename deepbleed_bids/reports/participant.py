@@ -123,11 +123,28 @@ def _provenance(meta, out_dir, relpath):
             ("Weights sha256", f"<code>{H.esc(model.get('WeightsSHA256'))}</code>"),
             ("Template", f"{H.esc(tpl.get('Name'))} <code>{H.esc(tpl.get('SHA256'))}</code>"),
             ("Parameters", f"<code>{H.esc(json.dumps(meta.get('Parameters', {})))}</code>"),
-            ("Software", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("SoftwareVersions") or {}).items()))),
+            ("Software", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("Software") or meta.get("SoftwareVersions") or {}).items()))),
             ("Timings (s)", H.esc(", ".join(f"{k} {v}" for k, v in (meta.get("Timings") or {}).items()))),
             ("Processed", H.esc(meta.get("DateProcessed"))),
             ("Files", links)]
     return "<details open><summary>Provenance</summary>" + H.kv_table(rows) + "</details>"
+
+
+def _last_run_crashes(log_dir):
+    """Crash files of the newest run (``log/<run-id>/``; run ids sort by time)."""
+    runs = sorted(p for p in Path(log_dir).glob("*") if p.is_dir() and any(p.glob("crash-*")))
+    return sorted(runs[-1].glob("crash-*")) if runs else []
+
+
+def _methods(out_dir):
+    """The methods boilerplate of the last run (logs/CITATION.html)."""
+    from ..boilerplate import methods_html
+
+    text = methods_html(out_dir)
+    if not text:
+        return ""
+    return ("<h2 id='methods'>Methods</h2><details open><summary>Boilerplate for your manuscript "
+            "(also in logs/CITATION.md and logs/CITATION.bib)</summary>" + text + "</details>")
 
 
 def _section(out_dir, bids_dir, relpath, entry):
@@ -138,7 +155,7 @@ def _section(out_dir, bids_dir, relpath, entry):
     out = [f"<h2 id='{H.esc(anchor)}'>{H.esc(relpath)} {badge}</h2>"]
     if status != "ok":
         out.append(f"<div class='flag'>{H.esc(entry.get('reason'))}</div>")
-        logs = sorted((Path(out_dir) / Path(relpath).parts[0] / "log").glob("crash-*"))
+        logs = _last_run_crashes(Path(out_dir) / Path(relpath).parts[0] / "log")
         if status == "failed" and logs:
             out.append("<p>Crash logs: " + " ".join(
                 f"<a href='{H.esc(p.relative_to(out_dir))}'>{H.esc(p.name)}</a>" for p in logs) + "</p>")
@@ -187,5 +204,9 @@ def write_participant_report(out_dir, bids_dir, subject, failures=(), skipped=()
             f"<p>Intracerebral hemorrhage (ICH + IVH) segmented with the DeepBleed VNet. {QC_TEXT}. "
             f"Not for clinical use. Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>"
             + H.table(rows, ["CT", "status", "hemorrhage (mL)", "ABC/2 (mL)", "QC flags"]))
+    methods = _methods(out_dir)
+    if methods:
+        nav.append(("methods", "Methods"))
+        sections.append(methods)
     return H.write_atomic(H.page(f"{sub} - deepbleed-bids", nav, head + "\n".join(sections)),
                           out_dir / f"{sub}.html")
