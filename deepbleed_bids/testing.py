@@ -1,7 +1,10 @@
-"""Helpers for tests and benchmarks: locate the shared real data, convert the real head.
+"""Helpers for tests and benchmarks: the real head CT, the shared real data.
 
-The real data (``../shared/data`` beside the project, or ``$DEEPBLEED_TEST_DATA``)
-is read in place and never copied into the project.
+The real GE head CT and the DeepBleed template ship inside the package
+(:mod:`deepbleed_bids.assets`), so everything built on them runs on a fresh clone.
+The other real series (Philips phantom and scout, other templates, the atlas) are
+read in place from ``../shared/data`` beside the project, or ``$DEEPBLEED_TEST_DATA``,
+and never copied into the project; tests that need them skip without them.
 """
 import os
 import shutil
@@ -33,20 +36,42 @@ def dcm2niix_binary():
         return None
 
 
-def convert_ge_head(out_dir, data_dir=None):
+def shared_data_reason():
+    """Why shared-data tests skip: where the data was looked for and how to point to it."""
+    env = os.environ.get("DEEPBLEED_TEST_DATA")
+    where = Path(env) if env else _TOP.parent / "shared" / "data"
+    return (f"needs the shared real data (phantom, scout, templates, atlas), not found at {where}: "
+            "set DEEPBLEED_TEST_DATA to that folder. The bundled head CT and template need nothing.")
+
+
+def ge_head_dicom(dest):
+    """The real GE head's 28 DICOM files in the folder ``dest`` (unpacked from the bundled copy)."""
+    from .assets import unpack_example_ct
+
+    return unpack_example_ct(dest)
+
+
+def convert_ge_head(out_dir, data_dir=None, dicom_dir=None):
     """Convert the real GE head (gantry tilt, variable spacing) with dcm2niix.
 
     Returns the tilt-corrected, equidistant image (``*_Tilt_Eq_1.nii.gz``) and its
-    JSON sidecar; only that output has correct geometry.
+    JSON sidecar; only that output has correct geometry. The DICOM comes from
+    ``dicom_dir``, else ``data_dir/dicom/ge-head-tilt``, else the copy bundled in the
+    package (the same files).
     """
-    data_dir = Path(data_dir or shared_data_dir())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     nii = out_dir / "gehead_Tilt_Eq_1.nii.gz"
     if not nii.exists():
+        if dicom_dir:
+            dicom = Path(dicom_dir)
+        elif data_dir:
+            dicom = Path(data_dir) / "dicom" / "ge-head-tilt"
+        else:
+            dicom = ge_head_dicom(out_dir / "dicom")
         subprocess.run(
             [dcm2niix_binary(), "-z", "y", "-b", "y", "-ba", "y", "-f", "gehead",
-             "-o", str(out_dir), str(data_dir / "dicom" / "ge-head-tilt")],
+             "-o", str(out_dir), str(dicom)],
             check=True, capture_output=True,
         )
     return nii, out_dir / "gehead.json"
