@@ -26,14 +26,16 @@ def add_parser(subparsers):
 
 def run(args):
     from .. import assets
-    from ..dicom import convert_session
     from ..execution import runtime_environment
-    from ..model.zoo import DEFAULT_MODEL, bundled_models
     from .run import main as bids_app
 
     out = args.out_dir.absolute()
     bids_dir, derivatives, work = out / "bids", out / "derivatives" / "deepbleed", out / "work"
+    # everything inside: importing TensorFlow/Keras already writes caches (keras.json)
     with runtime_environment(str(work)):  # also makes OUT and OUT/work, or says why it cannot
+        from ..dicom import convert_session
+        from ..model.zoo import DEFAULT_MODEL, bundled_models
+
         dicom = assets.unpack_example_ct(out / "dicom" / "ge-head-tilt")
         print(f"deepbleed-bids example: {len(assets.EXAMPLE_CT['members'])} DICOM files in {dicom} "
               f"({assets.EXAMPLE_CT['license']})", file=sys.stderr)
@@ -42,14 +44,14 @@ def run(args):
             print(result.report(), file=sys.stderr)
             if not result.ok:
                 return 1
-    model = args.model or ("synthetic-demo" if "synthetic-demo" in bundled_models() else DEFAULT_MODEL)
-    common = ["--work-dir", str(work), "--nprocs", str(args.nprocs)]
-    code = bids_app([str(bids_dir), str(derivatives), "participant", "--model", model, *common])
-    if code:
-        return code
-    code = bids_app([str(bids_dir), str(derivatives), "group", *common])
-    if code:
-        return code
+        model = args.model or ("synthetic-demo" if "synthetic-demo" in bundled_models() else DEFAULT_MODEL)
+        common = ["--work-dir", str(work), "--nprocs", str(args.nprocs)]
+        code = bids_app([str(bids_dir), str(derivatives), "participant", "--model", model, *common])
+        if code:
+            return code
+        code = bids_app([str(bids_dir), str(derivatives), "group", *common])
+        if code:
+            return code
     group = derivatives / "group"
     print("\n".join([
         f"deepbleed-bids example: done ({model} model).",
