@@ -129,3 +129,18 @@ def test_corrupt_cached_weights_are_refused(tmp_path, monkeypatch):
 def test_default_home_is_per_user_cache(monkeypatch):
     monkeypatch.delenv("DEEPBLEED_HOME", raising=False)
     assert "deepbleed-bids" in str(assets.home())
+
+
+def test_only_the_two_bundled_files_are_copies_of_the_shared_data(data_dir):
+    """Nothing else from ../shared/data is tracked in the repository (the DICOM are in the archive)."""
+    import subprocess
+
+    from deepbleed_bids.testing import _TOP
+
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=_TOP, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    shared = {_sha256(p): p for p in data_dir.rglob("*") if p.is_file()}
+    copies = {name for name in listed.stdout.decode().split("\0")
+              if name and (_TOP / name).is_file() and _sha256(_TOP / name) in shared}
+    assert copies == {f"deepbleed_bids/data/{assets.TEMPLATE['path']}"}

@@ -73,6 +73,15 @@ def test_wheel_ships_example_template_and_demo_model(wheel):
     assert {data + assets.EXAMPLE_CT["license_file"], data + assets.TEMPLATE["license_file"]} <= names
     assert {data + "models/synthetic-demo.weights.h5", data + "models/synthetic-demo.json"} <= names
     assert not [n for n in names if n.endswith(".dcm") or n.startswith("tests/")]
+    # the wheel's metadata names all three licenses and carries their texts
+    meta = zf_text(wheel, "METADATA")
+    assert "License-Expression: Apache-2.0 AND BSD-2-Clause AND CC-BY-NC-ND-4.0" in meta
+    assert {n.rpartition("/")[2] for n in names if "/licenses/" in n} >= {"LICENSE", "LICENSE-dcm_qa_ct", "LICENSE.md"}
+
+
+def zf_text(wheel, name):
+    with zipfile.ZipFile(wheel) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/" + name))).decode()
 
 
 def test_example_refuses_a_foreign_dicom_folder(tmp_path, capsys):
