@@ -37,3 +37,37 @@ def test_license_table_names_every_bundled_third_party_file():
     for asset, name in ((assets.TEMPLATE, "CC BY-NC-ND 4.0"), (assets.EXAMPLE_CT, "BSD-2-Clause")):
         row = next(line for line in section.splitlines() if f"deepbleed_bids/data/{asset['path']}" in line)
         assert name in row and Path(asset["license_file"]).name in row
+
+
+PLUGIN = '''
+import json, os
+
+def pytest_collection_modifyitems(session, config, items):
+    out = {item.nodeid: "data_dir" in item.fixturenames
+           or any(m.args and m.args[0] for m in item.iter_markers("skipif"))
+           or any(True for _ in item.iter_markers("skip")) for item in items}
+    with open(os.environ["SKIP_REPORT"], "w") as f:
+        json.dump(out, f)
+'''
+
+
+def test_a_fresh_clone_without_shared_data_runs_at_least_85_percent(tmp_path):
+    """Collected as on a fresh clone (no shared data): which tests would skip, by fixture or mark."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "skipreport.py").write_text(PLUGIN)
+    env = {**os.environ, "DEEPBLEED_TEST_DATA": str(tmp_path / "absent"), "SKIP_REPORT": str(tmp_path / "r.json"),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TOP), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                           "-p", "skipreport", str(TOP / "tests")], cwd=TOP, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    skips = json.loads((tmp_path / "r.json").read_text())
+    ran = [n for n, skipped in skips.items() if not skipped]
+    assert len(ran) >= 0.85 * len(skips), f"{len(ran)} of {len(skips)}"
+    for module in ("participant", "demo_model", "registration", "brain", "synth", "synthdata", "train", "example"):
+        skipped = [n for n, s in skips.items() if n.startswith(f"tests/test_{module}.py::") and s]
+        assert not skipped, f"need shared data: {skipped}"
