@@ -8,7 +8,7 @@ download, no cache, the sha256 checked on every use.
 - the example head CT, the 28 DICOM files of dcm_qa_ct's GE series (BSD-2-Clause) in
   one reproducible tar.xz: :func:`unpack_example_ct` writes them into a folder.
 
-The published weights are too large and not ours to bundle: pooch downloads them into
+The published weights are not bundled (large; CC BY-NC-ND 4.0): pooch downloads them into
 ``$DEEPBLEED_HOME`` (default: the per-user cache folder). A file already there is used
 as is, so a cache filled by ``deepbleed-bids fetch weights`` runs offline.
 """
