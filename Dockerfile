@@ -37,7 +37,7 @@ LABEL org.opencontainers.image.title="deepbleed-bids" \
       org.opencontainers.image.description="BIDS-App: intracerebral hemorrhage segmentation and volumetry on non-contrast head CT (DeepBleed VNet)" \
       org.opencontainers.image.version="${DEEPBLEED_VERSION}" \
       org.opencontainers.image.source="https://github.com/deepbleed-bids/deepbleed-bids" \
-      org.opencontainers.image.licenses="Apache-2.0 AND CC-BY-NC-ND-4.0" \
+      org.opencontainers.image.licenses="Apache-2.0 AND BSD-2-Clause AND CC-BY-NC-ND-4.0" \
       org.deepbleed-bids.tensorflow.version="${TENSORFLOW_VERSION}" \
       org.deepbleed-bids.weights.included="${WITH_WEIGHTS}" \
       org.deepbleed-bids.weights.sha256="${WEIGHTS_SHA256}" \
@@ -86,17 +86,17 @@ RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
  && pip check \
  && python -c "from importlib.metadata import distributions as d; tf = sorted((x.metadata['Name'] or '') for x in d() if (x.metadata['Name'] or '').lower().replace('_', '-') in ('tensorflow', 'tensorflow-cpu', 'tf-nightly', 'tensorflow-intel')); assert tf == ['tensorflow'], tf"
 
-# Assets into a read-only cache inside the image, through the app's own downloader
-# (pinned URLs; sha256 checked where one is known; SHA256SUMS records every file).
+# The template and the example head CT ship inside the package: `fetch template example`
+# only checks their sha256. The published weights go into a read-only cache inside the
+# image through the app's own downloader (pinned URL; SHA256SUMS records their digest).
 # The weights' .license-shown marker is removed so every run prints their license.
-RUN if [ "${WITH_WEIGHTS}" = "1" ]; then \
-      deepbleed-bids fetch template example weights --weights-sha256 "${WEIGHTS_SHA256}"; \
-    else \
-      deepbleed-bids fetch template example; \
-    fi \
- && find "${DEEPBLEED_HOME}" -name .license-shown -delete \
- && chmod -R a+rX,go-w "${DEEPBLEED_HOME}" \
- && cat "${DEEPBLEED_HOME}/SHA256SUMS"
+RUN deepbleed-bids fetch template example \
+ && if [ "${WITH_WEIGHTS}" = "1" ]; then \
+      deepbleed-bids fetch weights --weights-sha256 "${WEIGHTS_SHA256}" \
+      && find "${DEEPBLEED_HOME}" -name .license-shown -delete \
+      && chmod -R a+rX,go-w "${DEEPBLEED_HOME}" \
+      && cat "${DEEPBLEED_HOME}/SHA256SUMS"; \
+    fi
 
 # Any user may run it (docker run -u UID:GID): nothing is written outside the output and
 # work folders, and $HOME may be unwritable. The default is an unprivileged user.

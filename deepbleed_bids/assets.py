@@ -1,27 +1,44 @@
-"""Product assets (template, published weights, example CT) fetched with pooch.
+"""Product assets: the bundled template and example head CT, and the published weights.
 
-Everything lives under ``$DEEPBLEED_HOME`` (default: the per-user cache folder).
-A file already in the cache with the right sha256 is used as is, so a cache
-pre-populated by hand (or by :func:`prepopulate_cache` in tests and CI) makes
-every code path run offline.
+Two third-party files ship inside the package (``deepbleed_bids/data/``), each with
+its license and attribution beside it, and are read through :func:`bundled`: no
+download, no cache, the sha256 checked on every use.
+
+- the DeepBleed CT template (CC BY-NC-ND 4.0), verbatim: :func:`fetch_template`;
+- the example head CT, the 28 DICOM files of dcm_qa_ct's GE series (BSD-2-Clause) in
+  one reproducible tar.xz: :func:`unpack_example_ct` writes them into a folder.
+
+The published weights are not bundled (large; CC BY-NC-ND 4.0): pooch downloads them into
+``$DEEPBLEED_HOME`` (default: the per-user cache folder). A file already there is used
+as is, so a cache filled by ``deepbleed-bids fetch weights`` runs offline.
 """
+import hashlib
+import lzma
 import os
 import shutil
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 from .errors import AssetError
 
+DATA = Path(__file__).resolve().parent / "data"
+
 _DEEPBLEED_COMMIT = "4467eaa9ae0e4afc57fc6bf39283a2bbf1aff7ee"
 _DCM_QA_CT_COMMIT = "d03e30e4c5c8ad07bf16422b96efc3e91e233dc5"
 
+# "path" is relative to DATA; "url" is where the file comes from (attribution).
 TEMPLATE = {
     "id": "DeepBleedCT",
+    "name": "the DeepBleed CT template",
     "path": "templates/deepbleed/scct_unsmooth_SS_0.01_128x128x128.nii.gz",
+    "license_file": "templates/deepbleed/LICENSE.md",
     "url": (f"https://raw.githubusercontent.com/msharrock/deepbleed/{_DEEPBLEED_COMMIT}/"
             "templates/scct_unsmooth_SS_0.01_128x128x128.nii.gz"),
     "sha256": "060ebe1a705013613f4116654e819484768ec28f113c7e357b0a2a53744f9ebc",
     "license": "CC BY-NC-ND 4.0 (DeepBleed repository, Sharrock et al. 2020)",
+    "instead": "pass --template FILE",
 }
 
 # The published MISTIE II weights. No sha256 is published: the digest of the
@@ -65,10 +82,18 @@ EXAMPLE_CT_SHA256 = {
     "28.dcm": "c24147eb02627f17d039df7df624ed0595211078044a03e28f82f2b6daef57dc",
 }
 EXAMPLE_CT = {
-    "path": "example/ge-head-tilt",
-    "url": f"https://raw.githubusercontent.com/neurolabusc/dcm_qa_ct/{_DCM_QA_CT_COMMIT}/In/GE/",
+    "id": "example-ge-head-tilt",
+    "name": "the example head CT archive",
+    "path": "example/ge-head-tilt.tar.xz",
+    "license_file": "example/LICENSE-dcm_qa_ct",
+    "url": f"https://github.com/neurolabusc/dcm_qa_ct/tree/{_DCM_QA_CT_COMMIT}/In/GE",
+    "sha256": "3636023bc7b5c62e3223866f417ef045e92f8f129a66464d2dc621d095acaf27",
     "license": "BSD-2-Clause (dcm_qa_ct, Chris Rorden)",
+    "instead": "use your own CT",
+    "members": EXAMPLE_CT_SHA256,  # the 28 files inside, each pinned too
 }
+_ARCHIVE_DIR = "ge-head-tilt"  # the one folder inside the archive
+_ARCHIVE_MTIME = 1546300800  # 2019-01-01: fixed, so that packing again gives the same bytes
 
 
 def home():
@@ -104,10 +129,31 @@ def _retrieve(url, sha256, relpath, what, how):
     return Path(path)
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundled(asset):
+    """Path of a file shipped in the package (``TEMPLATE``, ``EXAMPLE_CT``), its sha256 checked."""
+    path = DATA / asset["path"]
+    if not path.is_file():
+        raise AssetError(f"{asset['name']} is missing from this installation (expected {path}); "
+                         f"reinstall deepbleed-bids (pip install --force-reinstall deepbleed-bids), "
+                         f"or {asset['instead']}.")
+    digest = _sha256(path)
+    if digest != asset["sha256"]:
+        raise AssetError(f"{asset['name']} at {path} is damaged: its sha256 is {digest}, not the pinned "
+                         f"{asset['sha256']}; reinstall deepbleed-bids, or {asset['instead']}.")
+    return path
+
+
 def fetch_template():
-    """Path of the DeepBleed CT template (128^3, 1.5 mm), downloaded on first use."""
-    return _retrieve(TEMPLATE["url"], TEMPLATE["sha256"], TEMPLATE["path"],
-                     "the DeepBleed CT template", "pass --template FILE")
+    """Path of the bundled DeepBleed CT template (128^3, 1.5 mm), checked; nothing is downloaded."""
+    return bundled(TEMPLATE)
 
 
 def fetch_published_weights(sha256=None):
@@ -128,23 +174,91 @@ def fetch_published_weights(sha256=None):
     return path
 
 
-def fetch_example_ct():
-    """Folder of the example head CT (28 DICOM files of a real GE head)."""
-    for name, sha in EXAMPLE_CT_SHA256.items():
-        _retrieve(EXAMPLE_CT["url"] + name, sha, f"{EXAMPLE_CT['path']}/{name}",
-                  f"the example head CT ({name})", "use your own CT")
-    return home() / EXAMPLE_CT["path"]
+def _holds_example(folder):
+    """True if ``folder`` holds exactly the example's DICOM files, each with its pinned sha256."""
+    members = EXAMPLE_CT["members"]
+    found = {p.name: p for p in Path(folder).iterdir()}
+    return set(found) == set(members) and all(_sha256(found[n]) == sha for n, sha in members.items())
 
 
-def prepopulate_cache(dest, data_dir):
-    """Fill an asset cache from a local copy of the shared data (tests, CI, air-gapped sites)."""
-    dest, data_dir = Path(dest), Path(data_dir)
-    pairs = [(data_dir / "templates/deepbleed/scct_unsmooth_SS_0.01_128x128x128.nii.gz", TEMPLATE["path"])]
-    pairs += [(data_dir / "dicom/ge-head-tilt" / name, f"{EXAMPLE_CT['path']}/{name}")
-              for name in EXAMPLE_CT_SHA256]
-    for src, rel in pairs:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            shutil.copyfile(src, target)
+def unpack_example_ct(dest):
+    """Write the example head CT's 28 DICOM files into the new folder ``dest``; return it.
+
+    Every file is checked against its pinned sha256. The folder appears complete or not
+    at all (unpacked beside it, then renamed). An existing folder that already holds
+    exactly these files is used as is; any other existing ``dest`` is refused, never touched.
+    """
+    dest = Path(dest)
+    members = EXAMPLE_CT["members"]
+    if dest.exists():
+        if dest.is_dir() and _holds_example(dest):
+            return dest
+        raise AssetError(f"{dest} already exists and does not hold the example head CT's {len(members)} "
+                         "DICOM files; remove it or choose another folder.")
+    archive = bundled(EXAMPLE_CT)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        written = set()
+        with tarfile.open(archive, "r:xz") as tar:
+            for member in tar:
+                name = member.name.rpartition("/")[2]
+                if not (member.isfile() and member.name == f"{_ARCHIVE_DIR}/{name}" and name in members):
+                    raise AssetError(f"{archive}: unexpected entry {member.name!r}; reinstall deepbleed-bids.")
+                with tar.extractfile(member) as src, open(staging / name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                if _sha256(staging / name) != members[name]:
+                    raise AssetError(f"{archive}: {name} does not match its pinned sha256; reinstall deepbleed-bids.")
+                written.add(name)
+        if written != set(members):
+            raise AssetError(f"{archive} lacks {sorted(set(members) - written)}; reinstall deepbleed-bids.")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700
+        try:
+            os.rename(staging, dest)
+        except OSError:  # another process unpacked it first
+            if not (dest.is_dir() and _holds_example(dest)):
+                raise
+            shutil.rmtree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def pack_example_ct(src_dir, dest):
+    """Pack the 28 DICOM files of ``src_dir`` into the example archive, byte-reproducibly.
+
+    Sorted names, fixed time stamps, owner 0, mode 0644, ustar, xz preset 9: the same files
+    always give the archive whose sha256 is pinned in ``EXAMPLE_CT`` (for maintainers:
+    ``pack_example_ct('../shared/data/dicom/ge-head-tilt', DATA / EXAMPLE_CT['path'])``).
+    """
+    from .utils import atomic_path
+
+    src_dir = Path(src_dir)
+    for name, sha in EXAMPLE_CT["members"].items():
+        if not (src_dir / name).is_file() or _sha256(src_dir / name) != sha:
+            raise AssetError(f"{src_dir / name} is missing or is not the pinned example file (sha256 {sha}).")
+    with atomic_path(dest) as tmp:
+        with lzma.open(tmp, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=9) as xz, \
+                tarfile.open(fileobj=xz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name in sorted(EXAMPLE_CT["members"]):
+                info = tarfile.TarInfo(f"{_ARCHIVE_DIR}/{name}")
+                info.size = (src_dir / name).stat().st_size
+                info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = \
+                    _ARCHIVE_MTIME, 0o644, 0, 0, "", ""
+                with open(src_dir / name, "rb") as f:
+                    tar.addfile(info, f)
+    return Path(dest)
+
+
+def prepopulate_cache(dest, data_dir=None):
+    """An asset home for tests and benchmarks, created empty and returned.
+
+    The template and the example CT are bundled, so nothing needs copying any more;
+    kept so that callers written against the earlier API still get a ``DEEPBLEED_HOME``.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     return dest

@@ -40,7 +40,7 @@ def load_source(path):
 
 
 def example_source(work_dir):
-    """The public example head CT (downloaded once), converted with dcm2niix."""
+    """The example head CT bundled with the package, converted with dcm2niix."""
     from . import assets
     from .dicom import convert_session
 
@@ -48,7 +48,7 @@ def example_source(work_dir):
     bids = Path(work_dir) / "example-bids"
     found = sorted(bids.glob("sub-example/ct/*_ct.nii.gz"))
     if not found:
-        convert_session(assets.fetch_example_ct(), bids, "example")
+        convert_session(assets.unpack_example_ct(Path(work_dir) / "example-dicom"), bids, "example")
         found = sorted(bids.glob("sub-example/ct/*_ct.nii.gz"))
     if not found:
         raise InputError(f"the example head CT could not be converted into {bids}; pass --source FILE.")

@@ -1,7 +1,10 @@
-"""Helpers for tests and benchmarks: locate the shared real data, convert the real head.
+"""Helpers for tests and benchmarks: the real head CT, the shared real data.
 
-The real data (``../shared/data`` beside the project, or ``$DEEPBLEED_TEST_DATA``)
-is read in place and never copied into the project.
+The real GE head CT and the DeepBleed template ship inside the package
+(:mod:`deepbleed_bids.assets`), so everything built on them runs on a fresh clone.
+The other real series (Philips phantom and scout, other templates, the atlas) are
+read in place from ``../shared/data`` beside the project, or ``$DEEPBLEED_TEST_DATA``,
+and never copied into the project; tests that need them skip without them.
 """
 import os
 import shutil
@@ -33,20 +36,42 @@ def dcm2niix_binary():
         return None
 
 
-def convert_ge_head(out_dir, data_dir=None):
+def shared_data_reason():
+    """Why shared-data tests skip: where the data was looked for and how to point to it."""
+    env = os.environ.get("DEEPBLEED_TEST_DATA")
+    where = Path(env) if env else _TOP.parent / "shared" / "data"
+    return (f"needs the shared real data (phantom, scout, templates, atlas), not found at {where}: "
+            "set DEEPBLEED_TEST_DATA to that folder. The bundled head CT and template need nothing.")
+
+
+def ge_head_dicom(dest):
+    """The real GE head's 28 DICOM files in the folder ``dest`` (unpacked from the bundled copy)."""
+    from .assets import unpack_example_ct
+
+    return unpack_example_ct(dest)
+
+
+def convert_ge_head(out_dir, data_dir=None, dicom_dir=None):
     """Convert the real GE head (gantry tilt, variable spacing) with dcm2niix.
 
     Returns the tilt-corrected, equidistant image (``*_Tilt_Eq_1.nii.gz``) and its
-    JSON sidecar; only that output has correct geometry.
+    JSON sidecar; only that output has correct geometry. The DICOM comes from
+    ``dicom_dir``, else ``data_dir/dicom/ge-head-tilt``, else the copy bundled in the
+    package (the same files).
     """
-    data_dir = Path(data_dir or shared_data_dir())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     nii = out_dir / "gehead_Tilt_Eq_1.nii.gz"
     if not nii.exists():
+        if dicom_dir:
+            dicom = Path(dicom_dir)
+        elif data_dir:
+            dicom = Path(data_dir) / "dicom" / "ge-head-tilt"
+        else:
+            dicom = ge_head_dicom(out_dir / "dicom")
         subprocess.run(
             [dcm2niix_binary(), "-z", "y", "-b", "y", "-ba", "y", "-f", "gehead",
-             "-o", str(out_dir), str(data_dir / "dicom" / "ge-head-tilt")],
+             "-o", str(out_dir), str(dicom)],
             check=True, capture_output=True,
         )
     return nii, out_dir / "gehead.json"
@@ -88,3 +113,62 @@ def not_a_brain():
     data[20:76, 20:76, 5:35] = 35
     data[20:24, 20:76, 5:35] = 1100
     return nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+
+
+# ---------------------------------------------------------------- read-only sandbox (tests)
+# A run set up like `docker run --read-only -u UID` or an Apptainer image: a private mount
+# namespace makes the whole root file system read-only, lays a writable overlay over /tmp
+# whose upper layer records every change, and re-mounts only the given folders writable;
+# the app then runs as an unprivileged user with `env -i`. Needs root (tests run as root
+# here; the user gets CAP_DAC_READ_SEARCH because this machine's Python lives under /root).
+
+def sandbox_script(base, writable=("out", "work", "logs")):
+    """Shell lines run as root in a new mount namespace: root file system read-only, /tmp
+    an overlay whose changes land in <base>/overlay/upper, <base>/<writable> writable."""
+    folders = " ".join(f"{base}/{name}" for name in writable)
+    return f"""set -e
+mount --rbind / /
+mount -o remount,bind,ro /
+mount -t tmpfs -o mode=0700 tmpfs {base}/overlay
+mkdir {base}/overlay/upper {base}/overlay/work
+chmod 1777 {base}/overlay/upper
+mount -t overlay overlay -o lowerdir=/tmp,upperdir={base}/overlay/upper,workdir={base}/overlay/work /tmp
+for d in {folders}; do mount --bind "$d" "$d"; mount -o remount,bind,rw "$d"; done
+"""
+
+
+def sandbox_user(uid, env):
+    """The command prefix that runs as ``uid`` with only ``env`` in the environment."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+            "env", "-i", *[f"{k}={v}" for k, v in env.items()]]
+
+
+def sandbox_unavailable(unshare=("--mount",)):
+    """Why the read-only sandbox cannot run here, or None when it can."""
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0:
+        return "needs root to create a mount namespace and switch to an unprivileged user"
+    for tool in ("unshare", "setpriv", "mount", "find"):
+        if not shutil.which(tool):
+            return f"{tool} (util-linux/findutils) is not installed"
+    if not os.access("/var/tmp", os.W_OK):
+        return "/var/tmp is not writable"
+    base = Path(tempfile.mkdtemp(prefix="deepbleed-probe-", dir="/var/tmp"))
+    try:
+        for name in ("overlay", "out", "work", "logs"):
+            (base / name).mkdir()
+        import shlex
+
+        probe = subprocess.run(
+            ["unshare", *unshare, "--propagation", "private", "sh", "-c",
+             sandbox_script(base) + shlex.join(sandbox_user(40000, {}) + [sys.executable, "-c", "pass"])],
+            capture_output=True, text=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if probe.returncode != 0:
+        return ("mount namespaces, overlayfs or ambient capabilities are not available here: "
+                + probe.stderr.strip()[-300:])
+    return None

@@ -1,9 +1,11 @@
-"""Shared fixtures: real data from ../shared/data, converted once per session."""
+"""Shared fixtures. The real head CT and the template come from the copies bundled in the
+package (nothing outside the repository needed); ``data_dir`` is the shared real data
+(phantom, scout, other templates, atlas) and skips, with the reason, when it is absent."""
 import os
 
 import pytest
 
-from deepbleed_bids.testing import convert_ge_head, shared_data_dir
+from deepbleed_bids.testing import convert_ge_head, ge_head_dicom, shared_data_dir, shared_data_reason
 
 # Keep TensorFlow quiet and on the CPU in tests; tests/test_gpu.py runs its checks in
 # subprocesses that see the GPUs again, so the original setting is kept for them.
@@ -14,32 +16,40 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 @pytest.fixture(scope="session")
 def data_dir():
+    """The shared real data folder (``../shared/data`` or ``$DEEPBLEED_TEST_DATA``)."""
     path = shared_data_dir()
     if path is None:
-        pytest.skip("real test data not found: set DEEPBLEED_TEST_DATA to the shared data folder")
+        pytest.skip(shared_data_reason())
     return path
 
 
 @pytest.fixture(scope="session")
-def ge_head(data_dir, tmp_path_factory):
+def ge_head_dicom_dir(tmp_path_factory):
+    """Folder of the real GE head's 28 DICOM files (bundled copy, sha256-checked)."""
+    return ge_head_dicom(tmp_path_factory.mktemp("gehead_dicom") / "ge-head-tilt")
+
+
+@pytest.fixture(scope="session")
+def ge_head(ge_head_dicom_dir, tmp_path_factory):
     """Path of the real GE head CT, tilt-corrected and equidistant (dcm2niix)."""
-    nii, _ = convert_ge_head(tmp_path_factory.mktemp("gehead"), data_dir)
+    nii, _ = convert_ge_head(tmp_path_factory.mktemp("gehead"), dicom_dir=ge_head_dicom_dir)
     return nii
 
 
 @pytest.fixture(scope="session")
-def template_path(data_dir):
-    return data_dir / "templates" / "deepbleed" / "scct_unsmooth_SS_0.01_128x128x128.nii.gz"
+def template_path():
+    """The DeepBleed template bundled with the package (sha256-checked)."""
+    from deepbleed_bids.assets import fetch_template
+
+    return fetch_template()
 
 
 @pytest.fixture(scope="session")
-def asset_home(data_dir, tmp_path_factory):
-    """A DEEPBLEED_HOME pre-populated from the shared data, so asset fetching runs offline."""
-    from deepbleed_bids.assets import prepopulate_cache
-
-    home = tmp_path_factory.mktemp("deepbleed_home")
-    prepopulate_cache(home, data_dir)
-    return home
+def asset_home(tmp_path_factory):
+    """An empty DEEPBLEED_HOME: runs need nothing from it (template and example are bundled);
+    a test that reaches for a download (the published weights) fails offline instead of
+    using the developer's own cache."""
+    return tmp_path_factory.mktemp("deepbleed_home")
 
 
 @pytest.fixture(scope="session")

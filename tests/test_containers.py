@@ -2,9 +2,9 @@
 
 hadolint lints the Dockerfile; spython parses Singularity.def; both recipes must
 pin the same base image and the same versions, agree with pyproject.toml and the
-``version`` file, and their shell steps must parse. ``deepbleed-bids fetch``
-(what the builds run to put the assets into the image) runs here offline on a
-pre-populated cache.
+``version`` file, and their shell steps must parse. ``deepbleed-bids fetch`` (what the
+builds run: it verifies the bundled template and example CT and downloads the published
+weights into the image) runs here offline.
 """
 import hashlib
 import json
@@ -178,7 +178,10 @@ def test_dockerfile_version_provenance_user_and_entrypoint(docker):
     copy = next(a for k, a in docker["final"] if k == "COPY" and a.endswith(entry[0]))
     assert copy.split()[-2] == "run.py"
     fetch = next(r for r in docker["runs"] if "deepbleed-bids fetch" in r)
-    assert "weights" in fetch and "WITH_WEIGHTS" in DOCKERFILE.read_text()
+    # the bundled template and example are verified in every build; the weights are optional
+    assert fetch.split("&&")[0].strip() == "deepbleed-bids fetch template example"
+    assert f'if [ "{docker["args"]["WITH_WEIGHTS"]}" = "1" ]; then' in fetch  # ARG substituted
+    assert "deepbleed-bids fetch weights" in fetch.split("then", 1)[1]
     assert "--no-deps" in next(r for r in docker["runs"] if "/tmp/wheels" in r)
 
 
@@ -198,7 +201,8 @@ def test_singularity_def_builds_the_same_environment(docker, singularity):
     for line in singularity["files"]:
         source = line.split()[0]
         assert (TOP / source).exists(), f"%files copies {source}, which is not in the repository"
-    assert "--no-deps" in singularity["post"] and "deepbleed-bids fetch" in singularity["post"]
+    assert "--no-deps" in singularity["post"] and "deepbleed-bids fetch template example" in singularity["post"]
+    assert "deepbleed-bids fetch weights" in singularity["post"]
 
 
 def test_recipe_shell_steps_parse(docker, singularity, tmp_path):
@@ -290,24 +294,39 @@ def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_fetch_fills_a_cache_offline_and_records_sha256(asset_home, tmp_path):
+def test_fetch_template_and_example_verify_the_bundled_copies(tmp_path):
     from deepbleed_bids import assets
 
     home = tmp_path / "home"
-    shutil.copytree(asset_home, home)
     result = _fetch("template", "example", "--home", str(home))
     assert result.returncode == 0, result.stderr
-    sums = dict(line.split("  ", 1)[::-1] for line in (home / "SHA256SUMS").read_text().splitlines())
-    assert sums[assets.TEMPLATE["path"]] == assets.TEMPLATE["sha256"]
-    assert len([p for p in sums if p.startswith(assets.EXAMPLE_CT["path"])]) == len(assets.EXAMPLE_CT_SHA256)
-    for rel, sha in sums.items():  # `sha256sum -c SHA256SUMS` from inside the cache
-        assert _sha256(home / rel) == sha
-    assert result.stdout.splitlines()[0] == f"{assets.TEMPLATE['sha256']}  {assets.TEMPLATE['path']}"
-    assert "CC BY-NC-ND 4.0" in result.stderr
-    # a corrupt template is refused, with where to put a good copy
-    (home / assets.TEMPLATE["path"]).write_bytes(b"corrupt")
-    result = _fetch("template", "--home", str(home))
-    assert result.returncode == 1 and "does not match its pinned sha256" in result.stderr
+    lines = [line.split("  ", 1) for line in result.stdout.splitlines()]
+    assert lines == [[assets.TEMPLATE["sha256"], str(assets.DATA / assets.TEMPLATE["path"])],
+                     [assets.EXAMPLE_CT["sha256"], str(assets.DATA / assets.EXAMPLE_CT["path"])]]
+    for sha, path in lines:  # what `sha256sum -c` would say
+        assert _sha256(path) == sha
+    assert result.stderr.count("bundled with the package, nothing to download") == 2
+    assert "CC BY-NC-ND 4.0" in result.stderr and "BSD-2-Clause" in result.stderr
+    assert not home.exists(), "nothing to download, so no cache is made"
+
+
+def test_fetch_refuses_a_damaged_bundled_template(tmp_path):
+    """A damaged installation (here: a copy of the package with one byte of the template
+    changed) fails with what to do, exit 1."""
+    from deepbleed_bids import assets
+
+    pkg = tmp_path / "deepbleed_bids"
+    shutil.copytree(TOP / "deepbleed_bids", pkg, ignore=shutil.ignore_patterns("__pycache__", "*.h5", "*.tar.xz"))
+    target = pkg / "data" / assets.TEMPLATE["path"]
+    data = bytearray(target.read_bytes())
+    data[100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "deepbleed_bids.cli.main", "fetch", "template"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 1
+    assert f"the DeepBleed CT template at {target} is damaged" in result.stderr
+    assert "reinstall deepbleed-bids" in result.stderr and "--template FILE" in result.stderr
 
 
 def _published_like_zip(path):

@@ -1,4 +1,5 @@
-"""dicom2bids on the real DICOM series of ../shared/data/dicom with the real dcm2niix."""
+"""dicom2bids with the real dcm2niix on real DICOM: the GE head bundled with the package, the Philips
+phantom and scout series from ../shared/data/dicom (those tests skip without it)."""
 import gzip
 import json
 import re
@@ -93,10 +94,16 @@ def dicom(data_dir):
 
 
 @pytest.fixture(scope="module")
-def ge_bids(dicom, tmp_path_factory):
+def ge_dicom(ge_head_dicom_dir):
+    """The GE head series (bundled with the package: these tests need no shared data)."""
+    return ge_head_dicom_dir
+
+
+@pytest.fixture(scope="module")
+def ge_bids(ge_dicom, tmp_path_factory):
     bids = tmp_path_factory.mktemp("ge") / "bids"
     start = time.perf_counter()
-    result = convert_session(dicom / "ge-head-tilt", bids, "sub-01")
+    result = convert_session(ge_dicom, bids, "sub-01")
     seconds = time.perf_counter() - start
     print(f"\nGE head conversion: {seconds:.1f} s")
     return bids, result, seconds
@@ -220,14 +227,14 @@ def test_pybids_finds_ct(ge_bids, mixed_bids):
         assert layout.get_metadata(found[0].path)["KernelType"] == "soft"
 
 
-def test_existing_session_is_not_overwritten(ge_bids, dicom):
+def test_existing_session_is_not_overwritten(ge_bids, ge_dicom):
     bids, _, _ = ge_bids
     before = {p: p.stat().st_mtime_ns for p in bids.rglob("*") if p.is_file()}
     with pytest.raises(InputError, match="already holds CT images"):
-        convert_session(dicom / "ge-head-tilt", bids, "01")
+        convert_session(ge_dicom, bids, "01")
     assert {p: p.stat().st_mtime_ns for p in bids.rglob("*") if p.is_file()} == before
     with pytest.raises(InputError, match="without sessions"):
-        convert_session(dicom / "ge-head-tilt", bids, "01", "2")
+        convert_session(ge_dicom, bids, "01", "2")
 
 
 # ------------------------------------------------------------- Philips: mixed folder with scout
@@ -264,11 +271,11 @@ def test_identifiers_absent(ge_bids, mixed_bids, dicom):
     assert leaked(mixed_bids[0], philips_ids) == []
 
 
-def test_planted_identifiers_and_contrast(dicom, tmp_path):
+def test_planted_identifiers_and_contrast(ge_dicom, tmp_path):
     """A GE head copy carrying a realistic name, IDs and contrast agent: none of the IDs may leak."""
     src = tmp_path / "Doe_Janeth_19610305"
     src.mkdir()
-    for path in sorted((dicom / "ge-head-tilt").iterdir()):
+    for path in sorted(ge_dicom.iterdir()):
         ds = pydicom.dcmread(path)
         for key, value in PLANTED.items():
             setattr(ds, key, value)
@@ -338,7 +345,7 @@ def test_scout_only_gives_nothing_and_exit_1(dicom, tmp_path, capsys):
     assert leftovers(tmp_path) == []
 
 
-def test_non_volume_series_are_skipped_with_reasons(dicom, tmp_path):
+def test_non_volume_series_are_skipped_with_reasons(ge_dicom, tmp_path):
     """Reports, captures, non-CT, reformats and single slices, built from real GE files."""
     from pydicom.uid import generate_uid
 
@@ -353,7 +360,7 @@ def test_non_volume_series_are_skipped_with_reasons(dicom, tmp_path):
     }
     src = tmp_path / "in"
     src.mkdir()
-    files = sorted((dicom / "ge-head-tilt").iterdir())
+    files = sorted(ge_dicom.iterdir())
     for number, (count, changes, _) in kinds.items():
         uid = generate_uid()
         for path in files[:count]:

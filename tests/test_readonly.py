@@ -8,8 +8,9 @@ Apptainer/Singularity image (read-only image, the host's /tmp mounted):
   writable overlay over /tmp whose upper layer records every change, and re-mounts only
   out/ and work/ writable;
 - the app runs as an unprivileged user (``setpriv``; tests run as root, which ignores
-  permissions) with an unwritable $HOME as its working folder, no TMPDIR, a pre-populated
-  read-only $DEEPBLEED_HOME, and no environment beyond a few variables (``env -i``);
+  permissions) with an unwritable $HOME as its working folder, no TMPDIR, an empty
+  read-only $DEEPBLEED_HOME (the template is bundled in the package), and no environment
+  beyond a few variables (``env -i``);
 - afterwards, any change to /tmp, any file of that user left in /dev/shm (the two places
   besides out/ and work/ where it could write), and any write that a library tried, failed
   and only reported (EACCES/EROFS, Matplotlib's "temporary cache directory") fail the test.
@@ -30,63 +31,19 @@ from pathlib import Path
 import pytest
 
 import deepbleed_bids
+from deepbleed_bids.testing import sandbox_script, sandbox_unavailable, sandbox_user
 
 TOP = Path(__file__).resolve().parent.parent
 UID = 40000 + os.getpid() % 20000  # no account, so any file it owns comes from this test
 
 
-def _namespace_setup(base):
-    """Shell lines run as root in a new mount namespace: root file system read-only, /tmp
-    an overlay whose changes land in <base>/overlay/upper, <base>/{out,work,logs} writable."""
-    return f"""set -e
-mount --rbind / /
-mount -o remount,bind,ro /
-mount -t tmpfs -o mode=0700 tmpfs {base}/overlay
-mkdir {base}/overlay/upper {base}/overlay/work
-chmod 1777 {base}/overlay/upper
-mount -t overlay overlay -o lowerdir=/tmp,upperdir={base}/overlay/upper,workdir={base}/overlay/work /tmp
-for d in {base}/out {base}/work {base}/logs; do mount --bind "$d" "$d"; mount -o remount,bind,rw "$d"; done
-"""
-
-
-def _as_user(env):
-    return ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
-            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
-            "env", "-i", *[f"{k}={v}" for k, v in env.items()]]
-
-
-def _skip_reason():
-    if os.geteuid() != 0:
-        return "needs root to create a mount namespace and switch to an unprivileged user"
-    for tool in ("unshare", "setpriv", "mount", "find"):
-        if not shutil.which(tool):
-            return f"{tool} (util-linux/findutils) is not installed"
-    if not os.access("/var/tmp", os.W_OK):
-        return "/var/tmp is not writable"
-    base = Path(tempfile.mkdtemp(prefix="deepbleed-probe-", dir="/var/tmp"))
-    try:
-        for name in ("overlay", "out", "work", "logs"):
-            (base / name).mkdir()
-        probe = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             _namespace_setup(base) + shlex.join(_as_user({}) + [sys.executable, "-c", "pass"])],
-            capture_output=True, text=True)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    if probe.returncode != 0:
-        return ("mount namespaces, overlayfs or ambient capabilities are not available here: "
-                + probe.stderr.strip()[-300:])
-    return None
-
-
-_REASON = _skip_reason()
+_REASON = sandbox_unavailable()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(_REASON), reason=_REASON or "")]
 
 
 @pytest.fixture
-def sandbox(ge_head, template_path):
+def sandbox(ge_head):
     """Inputs owned by root and outputs owned by the test user, outside /tmp."""
-    from deepbleed_bids import assets
     from deepbleed_bids.model.vnet import build_vnet
     from deepbleed_bids.testing import write_bids_dataset
 
@@ -94,9 +51,7 @@ def sandbox(ge_head, template_path):
     try:
         os.chmod(base, 0o755)
         write_bids_dataset(base / "bids", {"sub-01/ct/sub-01_ct.nii.gz": ge_head})
-        home = base / "deepbleed_home"  # pre-populated, as `deepbleed-bids fetch` leaves it
-        (home / assets.TEMPLATE["path"]).parent.mkdir(parents=True)
-        shutil.copyfile(template_path, home / assets.TEMPLATE["path"])
+        (base / "deepbleed_home").mkdir()  # empty: the template is bundled in the (read-only) package
         (base / "model").mkdir()
         build_vnet(width=4).save_weights(str(base / "model" / "tiny.weights.h5"))
         (base / "home").mkdir(mode=0o555)
@@ -118,7 +73,7 @@ def test_participant_run_writes_only_to_output_and_work(sandbox):
            "LANG": "C.UTF-8", "DEEPBLEED_HOME": str(base / "deepbleed_home"),
            "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")})
-    as_user = _as_user(env)
+    as_user = sandbox_user(UID, env)
     # the harness itself: the user cannot write to the package, $HOME or the asset cache
     check = ("import json, os, sys\nfound = {}\nfor d in sys.argv[1:]:\n"
              "    try:\n        open(d + '/probe', 'w').close()\n    except OSError as e:\n"
@@ -128,7 +83,7 @@ def test_participant_run_writes_only_to_output_and_work(sandbox):
            "--model", str(base / "model" / "tiny.weights.h5"), "--work-dir", str(base / "work"),
            "--nprocs", "2"]
     q = shlex.join
-    script = _namespace_setup(base) + f"""
+    script = sandbox_script(base) + f"""
 find /dev/shm -uid {UID} > {base}/logs/shm-before.txt 2>/dev/null || true
 cd {base}/home
 {q(as_user)} {q([sys.executable, '-c', check, str(package), str(base / 'home'),

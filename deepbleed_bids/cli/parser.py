@@ -69,7 +69,8 @@ def add_bids_app_arguments(parser):
                            "once), 'synthetic-demo' (bundled, offline, demonstration only), or a path to "
                            "a TF checkpoint, its zip, or a .weights.h5")
     proc.add_argument("--template", type=Path, metavar="FILE",
-                      help="a local copy of the DeepBleed template (must be the 128^3 1.5 mm grid)")
+                      help="another template on the DeepBleed grid (128^3, 1.5 mm); "
+                           "default: the bundled DeepBleed template")
     proc.add_argument("--brain-extraction", choices=["native", "fsl"], default="native",
                       help="native (default): built-in CT skull stripping; fsl: the paper's FSL protocol")
     proc.add_argument("--mask-method", choices=["probability", "deepbleed"], default="probability",

@@ -18,8 +18,8 @@ def add_parser(subparsers):
     parser.add_argument("--start", type=int, default=1, help="index of the first case (default 1)")
     parser.add_argument("--prefix", default="synth", help="participant label prefix (default synth)")
     parser.add_argument("--source", type=Path, metavar="CT",
-                        help="head CT (NIfTI, HU) without hemorrhage; default: the public example head "
-                             "CT (downloaded once, converted with dcm2niix)")
+                        help="head CT (NIfTI, HU) without hemorrhage; default: the example head CT bundled "
+                             "with the package (converted with dcm2niix)")
     parser.set_defaults(func=run)
     return parser
 

@@ -38,7 +38,8 @@ def add_parser(subparsers):
                       help="validation participants (default: a seeded --val-fraction of them)")
     data.add_argument("--val-fraction", type=float, default=0.2,
                       help="share of participants kept for validation (default 0.2; 0: none)")
-    data.add_argument("--template", type=Path, metavar="FILE", help="local DeepBleed template")
+    data.add_argument("--template", type=Path, metavar="FILE",
+                      help="another template on the DeepBleed grid (default: the bundled one)")
     data.add_argument("--brain-extraction", choices=["native", "fsl"], default="native")
     data.add_argument("--registration-seed", type=int, default=1)
 

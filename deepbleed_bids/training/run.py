@@ -7,7 +7,7 @@ from .data import collect_pairs, load_case, log, prepare_cases, split_participan
 
 
 def resolve_template(path=None):
-    """The template file (``--template`` or the pinned download), checked against the grid."""
+    """The template file (``--template`` or the bundled DeepBleed template), checked against the grid."""
     import nibabel as nib
 
     from .. import assets
