@@ -40,15 +40,21 @@ def dciodvfy(path):
 
 
 @pytest.fixture(scope="module")
-def bids(data_dir, tmp_path_factory):
-    """The real GE head and Philips phantom through dicom2bids (which records their sources)."""
+def bids(ge_head_dicom_dir, tmp_path_factory):
+    """The real GE head (bundled) through dicom2bids, which records its source series."""
     root = tmp_path_factory.mktemp("dicomout") / "bids"
-    for folder, label in (("ge-head-tilt", "ge"), ("philips-phantom-axial", "phantom")):
-        src = data_dir / "dicom" / folder
-        if not src.is_dir():
-            pytest.skip(f"{src} not found")
-        assert convert_session(src, root, label).ok
+    assert convert_session(ge_head_dicom_dir, root, "ge").ok
     return root
+
+
+@pytest.fixture(scope="module")
+def phantom_bids(bids, data_dir):
+    """The Philips phantom (../shared/data only) added to the same dataset."""
+    src = data_dir / "dicom" / "philips-phantom-axial"
+    if not src.is_dir():
+        pytest.skip(f"{src} not found")
+    assert convert_session(src, bids, "phantom").ok
+    return bids
 
 
 def _derivatives(bids, out_dir, relpath, hemorrhage, brain, qc=None, parts=None):
@@ -103,9 +109,9 @@ def ge_outputs(bids, tmp_path_factory):
             "parts": parts, "paths": dicom_paths(out_dir, GE_REL), "deid": dicom_paths(deid_dir, GE_REL)}
 
 
-def test_sources_recorded_by_dicom2bids(bids, data_dir):
+def test_sources_recorded_by_dicom2bids(bids, ge_head_dicom_dir):
     files = find_source(bids, GE_REL)
-    assert len(files) == 28 and all(Path(f).parent == (data_dir / "dicom" / "ge-head-tilt").resolve()
+    assert len(files) == 28 and all(Path(f).parent == Path(ge_head_dicom_dir).resolve()
                                     for f in files)
     assert wanted({"bids_dir": str(bids), "dicom_output": None}, {"relpath": GE_REL})
     assert not wanted({"bids_dir": str(bids), "dicom_output": False}, {"relpath": GE_REL})
@@ -201,8 +207,9 @@ def test_identifiers_only_in_dicom_and_deidentify(ge_outputs):
     assert (ge_outputs["out"] / ".bidsignore").read_text().splitlines() == [BIDSIGNORE]
 
 
-def test_untilted_phantom(bids, tmp_path):
+def test_untilted_phantom(phantom_bids, tmp_path):
     """Philips phantom (no tilt, 5 mm): a 20 mL sphere through SEG and SR, validated."""
+    bids = phantom_bids
     import highdicom as hd
 
     img = nib.load(bids / PH_REL)
@@ -231,7 +238,7 @@ def test_failure_is_a_warning_and_keeps_the_nifti(bids, tmp_path):
 
     rel = "sub-other/ct/sub-other_ct.nii.gz"
     (bids / "sub-other" / "ct").mkdir(parents=True, exist_ok=True)
-    shutil.copy(bids / PH_REL, bids / rel)
+    shutil.copy(bids / GE_REL, bids / rel)
     brain = np.zeros(nib.load(bids / rel).shape[:3], bool)
     brain[100:200, 100:200, 5:20] = True
     planned, _, _ = _derivatives(bids, tmp_path, rel, brain, brain)
@@ -245,13 +252,13 @@ def test_failure_is_a_warning_and_keeps_the_nifti(bids, tmp_path):
     assert not (tmp_path / "sub-other" / "dicom").exists()
 
 
-def test_identifying_source_path_is_not_recorded(data_dir, tmp_path):
+def test_identifying_source_path_is_not_recorded(ge_head_dicom_dir, tmp_path):
     """A folder named after the patient: the BIDS dataset stays free of it; DICOM output says why not."""
     from deepbleed_bids.dicom.sources import lookup, sources_path
 
     src = tmp_path / "Doe_Janeth"
     src.mkdir()
-    for path in sorted((data_dir / "dicom" / "ge-head-tilt").iterdir()):
+    for path in sorted(Path(ge_head_dicom_dir).iterdir()):
         ds = pydicom.dcmread(path)
         ds.PatientName = "Doe^Janeth"
         ds.save_as(src / path.name)
