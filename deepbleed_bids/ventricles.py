@@ -99,7 +99,7 @@ def mirror_lr(mask, brain):
 
 
 def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0, deform=False, seed=1,
-                        mirror=True, margin_mm=1.5):
+                        mirror=False, margin_mm=1.5, max_gap_mm=None):
     """Ventricles of the scan on the template grid (step 2 of the module docstring); (mask, info)."""
     zooms = _zooms(affine_t)
     brain = np.asarray(scan_t) != 0
@@ -120,7 +120,11 @@ def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0,
     expected = fitted | csf
     if mirror:  # a clot is mostly one-sided: the other side's ventricle shows the blood-filled one
         expected |= mirror_lr(csf, brain)
-    vent = (csf & _dilate(fitted, 3.0, zooms)) | (hem & _dilate(expected, margin_mm, zooms))
+    blood = hem & _dilate(expected, margin_mm, zooms)
+    if max_gap_mm is not None and csf.any():
+        # blood in a ventricle stays continuous with that ventricle's remaining CSF
+        blood &= ndi.distance_transform_edt(~csf, sampling=zooms) <= max_gap_mm
+    vent = (csf & _dilate(fitted, 3.0, zooms)) | blood
     vml = float(np.prod(zooms)) / 1000
     return vent, {"PriorFit": how, "PriorVolume": round(float(prior.sum() * vml), 2),
                   "FittedPriorVolume": round(float(fitted.sum() * vml), 2),
