@@ -93,7 +93,13 @@ def main():
     parser.add_argument("--per-kind", type=int, default=5, help="cases per kind (6 kinds)")
     parser.add_argument("--mc-passes", type=int, default=2, help="Monte-Carlo dropout passes per orientation")
     parser.add_argument("--out", type=Path, default=None, help="folder for cases.tsv and tables.json")
+    parser.add_argument("--from-tsv", type=Path, default=None, help="only print the tables of a cases.tsv")
     args = parser.parse_args()
+    if args.from_tsv:
+        import pandas as pd
+
+        tables(pd.read_csv(args.from_tsv, sep="\t"), args.mc_passes, args.from_tsv.parent, {})
+        return
 
     import nibabel as nib
     import numpy as np
@@ -183,13 +189,20 @@ def main():
                 row[f"{label}_ivh_ml"] = split["IntraventricularVolume"]
                 row[f"{label}_par_ml"] = split["ParenchymalVolume"]
         rows.append(row)
+        pd.DataFrame(rows).to_csv(out_dir / "cases.tsv", sep="\t", index=False, float_format="%.4f")
         print(f"case {n:2d} {kind:<12} true {true_ml:6.2f} mL  none {row['none_ml']:6.2f}  flip {row['flip_ml']:6.2f}"
               f"  unc {row['flip_uncertain_ml']:5.2f}  spread {row['flip+mc_spread_ml']:5.2f}"
               + (f"  IVH true {row['true_ivh_ml']:5.2f} est {row['truthmask_ivh_ml']:5.2f}/{row['network_ivh_ml']:5.2f}"
                  if ivh is not None else ""), flush=True)
 
-    df = pd.DataFrame(rows)
-    df.to_csv(out_dir / "cases.tsv", sep="\t", index=False, float_format="%.4f")
+    tables(pd.DataFrame(rows), args.mc_passes, out_dir, times)
+
+
+def tables(df, mc_passes, out_dir, times):
+    """Print Tables 1 and 2 (markdown) and write tables.json."""
+    from deepbleed_bids import qc as QC
+
+    thresholds = QC.THRESHOLDS
     tables = {"uncertainty": [], "ivh": []}
     print(f"\nTable 1. Uncertainty vs absolute volume error ({len(df)} synthetic cases in the real head, "
           f"synthetic-demo model; flag thresholds: uncertain volume > {thresholds['max_uncertain_ml']:g} mL "
@@ -198,8 +211,12 @@ def main():
           "| worst 10% caught | cases flagged |")
     print("|---|---|---|---|---|---|---|")
     n_worst = max(1, int(round(0.1 * len(df))))
-    for mode, npass in (("none", 1), ("flip", 2), ("flip+mc", 2 + 2 * args.mc_passes)):
+    for mode, npass in (("none", 1), ("flip", 2), ("flip+mc", 2 + 2 * mc_passes)):
         err = df[f"{mode}_abs_err"]
+        # the flag's rule on the recorded measures (so --from-tsv re-applies today's thresholds)
+        df[f"{mode}_flag"] = [bool(QC.uncertain_reasons(
+            {"UncertainVolume": u, "VolumeSpread": s if npass > 1 else None}, thresholds))
+            for u, s in zip(df[f"{mode}_uncertain_ml"], df[f"{mode}_spread_ml"])]
         worst = df.nlargest(n_worst, f"{mode}_abs_err")
         caught = int(worst[f"{mode}_flag"].sum())
         rho_u = spearman(df[f"{mode}_uncertain_ml"], err)
@@ -211,7 +228,7 @@ def main():
         print(f"| {mode} | {npass} | {err.mean():.2f} | {rho_u:.2f} | "
               f"{'n/a' if npass == 1 else f'{rho_s:.2f}'} | {caught}/{n_worst} | {flagged}/{len(df)} |")
 
-    ivh = df[df["kind"].isin(["extension", "cast"])] if "true_ivh_ml" in df else df.iloc[:0]
+    ivh = df[df["kind"].isin(["extension", "cast"])] if "true_ivh_ml" in df.columns else df.iloc[:0]
     print(f"\nTable 2. Intraventricular volume estimate ({len(ivh)} cases with known IVH; target: error "
           "<= 2 mL or <= 15 %)")
     print("| hemorrhage mask | kind | n | true IVH mean (mL) | mean abs error (mL) | max abs error (mL) "

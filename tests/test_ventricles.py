@@ -53,7 +53,8 @@ def test_carry_labels_keeps_the_scan_geometry(registered):
     vent_ml = (labels == A.VENTRICLE_LABEL).sum() * vml
     prior_ml = A.ventricle_prior().sum() * 1.5 ** 3 / 1000
     assert vent_ml == pytest.approx(prior_ml, rel=0.1)
-    assert (labels[~brain] > 0).mean() < 0.05  # lands on this scan's brain
+    assert brain[labels > 0].mean() > 0.7  # the atlas lands on this scan's brain (28 tilted slices: partly cut)
+    assert brain[labels == A.VENTRICLE_LABEL].mean() > 0.9
 
 
 @pytest.mark.parametrize("kind,volume,seed", [("extension", 20.0, 3), ("cast", 8.0, 5)])
