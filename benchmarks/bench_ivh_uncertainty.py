@@ -172,7 +172,7 @@ def main():
             mask = prob >= 0.5
             volume = float(mask.sum() * vml)
             rec = summarise(pass_agreement(sub, tml), volume, prob, vml)
-            metrics = {"UncertainVolume": rec["UncertainVolume"],
+            metrics = {"UncertainVolume": rec["UncertainVolume"], "HemorrhageVolume": volume,
                        "VolumeSpread": rec["VolumeSpread"] if len(sub) > 1 else None}
             row.update({f"{mode}_ml": volume, f"{mode}_abs_err": abs(volume - true_ml),
                         f"{mode}_uncertain_ml": rec["UncertainVolume"], f"{mode}_spread_ml": rec["VolumeSpread"],
@@ -205,8 +205,9 @@ def tables(df, mc_passes, out_dir, times):
     thresholds = QC.THRESHOLDS
     tables = {"uncertainty": [], "ivh": []}
     print(f"\nTable 1. Uncertainty vs absolute volume error ({len(df)} synthetic cases in the real head, "
-          f"synthetic-demo model; flag thresholds: uncertain volume > {thresholds['max_uncertain_ml']:g} mL "
-          f"or pass spread > {thresholds['max_volume_spread_ml']:g} mL)")
+          f"synthetic-demo model; flag: uncertain volume > {thresholds['max_uncertain_ml']:g} mL and > "
+          f"{thresholds['max_uncertain_ratio']:g} x the volume, or pass spread > "
+          f"{thresholds['max_volume_spread_ml']:g} mL)")
     print("| --tta | passes | mean abs error (mL) | rho(uncertain vol, error) | rho(spread, error) "
           "| worst 10% caught | cases flagged |")
     print("|---|---|---|---|---|---|---|")
@@ -215,8 +216,8 @@ def tables(df, mc_passes, out_dir, times):
         err = df[f"{mode}_abs_err"]
         # the flag's rule on the recorded measures (so --from-tsv re-applies today's thresholds)
         df[f"{mode}_flag"] = [bool(QC.uncertain_reasons(
-            {"UncertainVolume": u, "VolumeSpread": s if npass > 1 else None}, thresholds))
-            for u, s in zip(df[f"{mode}_uncertain_ml"], df[f"{mode}_spread_ml"])]
+            {"UncertainVolume": u, "VolumeSpread": s if npass > 1 else None, "HemorrhageVolume": v}, thresholds))
+            for u, s, v in zip(df[f"{mode}_uncertain_ml"], df[f"{mode}_spread_ml"], df[f"{mode}_ml"])]
         worst = df.nlargest(n_worst, f"{mode}_abs_err")
         caught = int(worst[f"{mode}_flag"].sum())
         rho_u = spearman(df[f"{mode}_uncertain_ml"], err)

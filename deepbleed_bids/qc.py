@@ -36,7 +36,9 @@ table) and their default thresholds, all in :data:`THRESHOLDS`:
   ``hyperdensity_tolerance_ml`` and ``hyperdensity_tolerance_rel`` of the
   larger: an independent second method, as the paper's authors kept one.
 * ``uncertain``: the network is unsure of this scan (deepbleed_bids.uncertainty):
-  the volume of voxels with probability 0.2-0.8 exceeds ``max_uncertain_ml``, or
+  the volume of voxels with probability 0.2-0.8 exceeds both ``max_uncertain_ml``
+  and ``max_uncertain_ratio`` times the hemorrhage volume (the 0.2-0.8 band of a
+  sharp edge grows with the clot's surface: a large clear clot has mL of it), or
   the volumes of the test-time passes (``--tta``) spread over more than
   ``max_volume_spread_ml``. Calibrated on synthetic hematomas in the real head
   with the demo model (benchmarks/bench_ivh_uncertainty.py; README).
@@ -62,7 +64,8 @@ THRESHOLDS = {
     "hyperdensity_tolerance_ml": 5.0,
     "hyperdensity_tolerance_rel": 0.3,
     "max_uncertain_ml": 3.0,
-    "max_volume_spread_ml": 3.0,
+    "max_uncertain_ratio": 0.6,
+    "max_volume_spread_ml": 1.5,
 }
 
 # The classical hyperdensity estimate (measured on the real GE head with
@@ -409,8 +412,11 @@ def uncertain_reasons(metrics, thresholds=None):
     t = {**THRESHOLDS, **(thresholds or {})}
     out = []
     unc, spread = metrics.get("UncertainVolume"), metrics.get("VolumeSpread")
-    if unc is not None and unc == unc and unc > t["max_uncertain_ml"]:
-        out.append(f"{unc:.1f} mL of voxels with probability 0.2-0.8 (> {t['max_uncertain_ml']:g} mL)")
+    volume = metrics.get("HemorrhageVolume") or 0.0
+    if unc is not None and unc == unc and unc > t["max_uncertain_ml"] \
+            and unc > t["max_uncertain_ratio"] * volume:
+        out.append(f"{unc:.1f} mL of voxels with probability 0.2-0.8 (> {t['max_uncertain_ml']:g} mL and > "
+                   f"{t['max_uncertain_ratio']:g} x the {volume:.1f} mL hemorrhage)")
     if spread is not None and spread == spread and spread > t["max_volume_spread_ml"]:
         out.append(f"test-time passes disagree by {spread:.1f} mL (> {t['max_volume_spread_ml']:g} mL)")
     return out

@@ -118,7 +118,13 @@ def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0,
         except Exception as err:  # noqa: BLE001  fall back on the rigidly aligned prior, and say so
             how = f"rigid (SyN failed: {err})"
     expected = fitted | csf
-    if mirror:  # a clot is mostly one-sided: the other side's ventricle shows the blood-filled one
+    if mirror == "restrict":
+        # the prior is trusted where the other side's ventricle is visible (a clot is mostly
+        # one-sided), or where both sides hold blood; an atlas larger than this scan's ventricles
+        # would otherwise call parenchymal blood beside a ventricle intraventricular
+        other = _dilate(mirror_lr(csf | hem, brain), 3.0, zooms)
+        expected = csf | (fitted & other)
+    elif mirror:  # the other side's ventricle shows the blood-filled one
         expected |= mirror_lr(csf, brain)
     blood = hem & _dilate(expected, margin_mm, zooms)
     if max_gap_mm is not None and csf.any():

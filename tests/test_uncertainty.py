@@ -76,14 +76,20 @@ def _metrics(**extra):
 def test_uncertain_flag_and_its_thresholds():
     assert "uncertain" not in QC.flags(_metrics(UncertainVolume=1.0, VolumeSpread=0.5))
     assert "uncertain" not in QC.flags(_metrics())  # older sidecars without the measures
-    fired = QC.flags(_metrics(UncertainVolume=QC.THRESHOLDS["max_uncertain_ml"] + 0.5))
+    fired = QC.flags(_metrics(UncertainVolume=15.0))  # > 3 mL and > 0.6 x 20 mL
     assert "probability 0.2-0.8" in fired["uncertain"]
+    # a large clear clot has mL of 0.2-0.8 band along its edge: not unsure
+    assert "uncertain" not in QC.flags(_metrics(UncertainVolume=6.0))
+    # a miss: uncertain blood and almost no mask
+    assert "uncertain" in QC.flags(_metrics(UncertainVolume=3.5, HemorrhageVolume=0.0))
     spread = QC.flags(_metrics(UncertainVolume=0.0, VolumeSpread=QC.THRESHOLDS["max_volume_spread_ml"] + 1))
     assert "passes disagree" in spread["uncertain"]
     # the threshold is a --qc-thresholds key, re-applied at the group level
     QC.check_thresholds({"max_uncertain_ml": 10.0})
-    assert "uncertain" not in QC.flags(_metrics(UncertainVolume=5.0), {"max_uncertain_ml": 10.0})
-    assert "uncertain" in QC.flags(_metrics(UncertainVolume=5.0), {"max_uncertain_ml": 4.0})
+    assert "uncertain" not in QC.flags(_metrics(UncertainVolume=5.0, HemorrhageVolume=2.0),
+                                       {"max_uncertain_ml": 10.0})
+    assert "uncertain" in QC.flags(_metrics(UncertainVolume=5.0, HemorrhageVolume=2.0), {"max_uncertain_ml": 4.0})
+    assert "uncertain" in QC.flags(_metrics(UncertainVolume=6.0), {"max_uncertain_ratio": 0.2})
 
 
 def test_quality_records_uncertainty_measures():
