@@ -143,6 +143,9 @@ def main():
     plan = configure("cpu", threads=os.cpu_count())
     spec = resolve_model("synthetic-demo")
     model = load_model(spec, input_shape=(*((spec.patch_size,) * 3 if spec.patch_size else (128,) * 3), 1))
+    from deepbleed_bids.model.predict import dropout_twin
+
+    mc_model = dropout_twin(model, spec)  # the demo model was trained with dropout 0.1
     vml = voxel_volume_ml(img)
     tml = float(np.prod(template.header.get_zooms()[:3])) / 1000
     thresholds = QC.THRESHOLDS
@@ -162,7 +165,7 @@ def main():
         vol = np.asanyarray(net_in.dataobj).astype(np.float32)
         passes, _ = timed("VNet passes", lambda: predict_passes(model, vol, "flip+mc", patch_size=spec.patch_size or 0,
                                                                  device=plan["device"], mc_passes=args.mc_passes,
-                                                                 seed=args.seed + n))
+                                                                 seed=args.seed + n, mc_model=mc_model))
         true_ml = float(truth.sum() * vml)
         row = {"case": n, "kind": kind, "true_ml": true_ml}
         for mode, sub in (("none", passes[:1]), ("flip", passes[:2]), ("flip+mc", passes)):

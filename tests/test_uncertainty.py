@@ -48,6 +48,23 @@ def test_monte_carlo_dropout_only_where_the_model_has_dropout(tiny_models):
     assert predict_passes(dropout, volume, "none")[1]["Passes"] == ["identity"]
 
 
+def test_dropout_twin_of_the_demo_model_shares_its_weights():
+    from deepbleed_bids.model.predict import dropout_twin
+    from deepbleed_bids.model.zoo import load_model, resolve_model
+
+    spec = resolve_model("synthetic-demo")
+    model = load_model(spec, input_shape=(32, 32, 32, 1))
+    assert not has_dropout(model)  # inference models carry no dropout layers
+    twin = dropout_twin(model, spec)
+    assert has_dropout(twin)
+    volume = np.random.default_rng(2).uniform(0, 80, (32, 32, 32)).astype(np.float32)
+    # dropout off: the twin is the same network
+    np.testing.assert_allclose(predict_volume(twin, volume), predict_volume(model, volume), atol=1e-5)
+    passes, info = predict_passes(model, volume, "flip+mc", mc_passes=1, mc_model=twin)
+    assert info["Passes"] == ["identity", "flip", "mc1", "mc1-flip"] and not info["Notes"]
+    assert not np.allclose(passes[0], passes[2])
+
+
 def test_uncertainty_record_interval_and_band():
     a = np.zeros((10, 10, 10), np.float32)
     a[2:6, 2:6, 2:6] = 0.9  # 64 voxels

@@ -48,8 +48,11 @@ class VNetSegment(SimpleInterface):
         patch = spec.patch_size or 0
         model = load_model(spec, input_shape=(*((patch,) * 3 if patch else volume.shape), 1))
         t0 = time.perf_counter()
+        from ..model.predict import dropout_twin, resolve_tta
+
+        mc_model = dropout_twin(model, spec) if resolve_tta(self.inputs.tta, plan["device"]) == "flip+mc" else None
         passes, tta = predict_passes(model, volume, self.inputs.tta, patch_size=patch,
-                                     device=plan["device"], seed=self.inputs.seed)
+                                     device=plan["device"], seed=self.inputs.seed, mc_model=mc_model)
         prob = np.mean(passes, axis=0, dtype=np.float32) if len(passes) > 1 else passes[0]
         forward = time.perf_counter() - t0
         from ..uncertainty import pass_agreement

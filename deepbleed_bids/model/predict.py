@@ -74,14 +74,30 @@ def has_dropout(model):
     return False
 
 
+def dropout_twin(model, spec):
+    """The model's VNet rebuilt with the dropout its card says it was trained with, sharing the
+    trained weights (inference models are built without dropout layers, which hold no weights);
+    None when the card names no dropout (e.g. the published weights)."""
+    from .vnet import build_vnet
+
+    rate = ((getattr(spec, "card", None) or {}).get("training") or {}).get("dropout")
+    if not rate or has_dropout(model):
+        return None
+    twin = build_vnet(width=spec.width, kernel_size=spec.kernel_size, input_shape=model.input_shape[1:],
+                      dropout=float(rate))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def predict_passes(model, volume, tta="none", patch_size=0, overlap=0.5, batch_size=1,
-                   device="/CPU:0", mc_passes=MC_PASSES, seed=1):
+                   device="/CPU:0", mc_passes=MC_PASSES, seed=1, mc_model=None):
     """The probability map of every test-time pass and what was run.
 
     ``none``: one pass; ``flip``: also the left-right mirrored input (mirrored back);
     ``flip+mc``: plus ``mc_passes`` Monte-Carlo dropout passes on each of the two
-    orientations when the model has dropout (the VNet has no batch normalisation,
-    so ``training=True`` only switches dropout on). Returns (list of arrays, info).
+    orientations when the model has dropout, or with ``mc_model`` (see :func:`dropout_twin`)
+    (the VNet has no batch normalisation, so ``training=True`` only switches dropout on).
+    Returns (list of arrays, info).
     """
     import tensorflow as tf
 
@@ -93,6 +109,8 @@ def predict_passes(model, volume, tta="none", patch_size=0, overlap=0.5, batch_s
         passes.append(np.flip(run(np.flip(volume, FLIP_AXIS).copy()), FLIP_AXIS).copy())
         names.append("flip")
     if tta == "flip+mc":
+        if mc_model is not None and has_dropout(mc_model):
+            model = mc_model
         if not has_dropout(model):
             notes.append("flip+mc: the model has no dropout, Monte-Carlo passes skipped (flip only)")
         else:
