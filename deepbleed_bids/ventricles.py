@@ -99,7 +99,7 @@ def mirror_lr(mask, brain):
 
 
 def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0, deform=False, seed=1,
-                        mirror=False, margin_mm=1.5, max_gap_mm=None):
+                        mirror="restrict", margin_mm=1.5, max_gap_mm=None):
     """Ventricles of the scan on the template grid (step 2 of the module docstring); (mask, info)."""
     zooms = _zooms(affine_t)
     brain = np.asarray(scan_t) != 0
