@@ -8,13 +8,17 @@ every output until validated on labelled scans):
 2. Template-grid refinement on the scan's own density (the network input: the
    scan's HU on the template grid): CSF = Gaussian-smoothed (1 mm) HU in
    ``CSF_HU`` at least 6 mm inside the brain, within ``search_mm`` of the prior,
-   in components touching the prior. The prior is then fitted to that CSF by a
-   quick ANTs SyN (affine + deformable; mean squares), with the hemorrhage (and
-   a 3 mm margin) masked out of the metric: where blood fills a ventricle its
-   shape is carried by the deformation fitted around it, which also follows the
-   mass effect of a large clot (compressed or displaced ventricles) that a rigid
-   alignment cannot. Template-grid ventricles = visible CSF near the fitted
-   prior + the fitted prior where the hemorrhage is.
+   in components touching the prior. Where blood fills a ventricle its shape can
+   only come from the prior; but an atlas is an average head, and its ventricles
+   may be larger than this scan's (here 58 vs 33 mL), which would call parenchymal
+   blood beside a ventricle intraventricular. So the prior is trusted only where
+   the other hemisphere's mirror image shows CSF or blood (a clot is mostly
+   one-sided; ``mirror="restrict"``). Template-grid ventricles = visible CSF near
+   the prior + hemorrhage within ``margin_mm`` of (visible CSF or the trusted prior).
+   Mass effect: ``deform="SyN"``/``"Affine"`` first fits the prior to the visible
+   CSF with ANTs, the hemorrhage (and a 3 mm margin) masked out of the metric; on
+   the synthetic cases it shrank the prior away from the blood-filled ventricle and
+   cost ~70 s, so it is off by default (README, benchmarks/bench_ivh_uncertainty.py).
 3. Native refinement: the template-grid ventricles carried to the scan through
    the participant-level rigid transform (linear, >= 0.5), kept where the scan
    shows CSF or blood, plus CSF voxels within 1.5 mm of them.
