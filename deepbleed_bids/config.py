@@ -33,6 +33,7 @@ class Config:
     threshold: float = 0.5
     kernels: str = "soft"  # "soft": skip bone-kernel series when a soft-tissue one exists
     seed: int = 1
+    tta: str = "auto"  # test-time augmentation: auto (flip on GPU, none on CPU), none, flip, flip+mc
     verbose: int = 0
     group_by: list = field(default_factory=list)
     reference_masks: str = ""
@@ -67,7 +68,7 @@ class Config:
     def parameters(self):
         """What decides the numbers in the outputs (recorded in every sidecar)."""
         keys = ("brain_extraction", "mask_method", "threshold", "seed", "device", "precision",
-                "kernels", "bids_filters")
+                "kernels", "bids_filters", "tta")
         return {k: getattr(self, k) for k in keys}
 
     @property

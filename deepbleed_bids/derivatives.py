@@ -26,11 +26,33 @@ def plan_outputs(out_dir, relpath):
         "brain_mask": B.derivative_path(out_dir, relpath, "mask", desc="brain"),
         "hemorrhage_mask": B.derivative_path(out_dir, relpath, "mask", desc="hemorrhage"),
         "hemorrhage_probseg": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage"),
+        "hemorrhage_dseg": B.derivative_path(out_dir, relpath, "dseg", desc="hemorrhage"),
         "preproc_template": B.derivative_path(out_dir, relpath, "ct", desc="preproc", space=sp),
         "probseg_template": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage", space=sp),
         "transform": B.derivative_path(out_dir, relpath, "xfm", extension=".mat",
                                        **{"from": "orig", "to": sp, "mode": "image"}),
     }
+
+
+def dseg_tsv():
+    """The BIDS look-up table of the hemorrhage dseg (``*_desc-hemorrhage_dseg.tsv``)."""
+    from .ventricles import DSEG_LABELS
+
+    return "index\tname\tdescription\n" + "".join(
+        f"{i}\t{name}\t{text}\n" for i, (name, text) in sorted(DSEG_LABELS.items()))
+
+
+def split_fields(split):
+    """The IVH / parenchymal fields of the hemorrhage sidecar (empty when the split did not run)."""
+    if not split:
+        return {}
+    return {"IntraventricularVolume": split.get("IntraventricularVolume"),
+            "ParenchymalVolume": split.get("ParenchymalVolume"),
+            "IntraventricularVolumeUnits": "mL", "ParenchymalVolumeUnits": "mL",
+            "HemorrhageSplit": {**{k: v for k, v in split.items()
+                                   if k not in ("IntraventricularVolume", "ParenchymalVolume")},
+                                "Note": "ESTIMATE from anatomy (atlas ventricle prior refined on the scan), "
+                                        "not from IVH labels; not validated on labelled scans"}}
 
 
 def sidecar_path(path):
@@ -58,6 +80,7 @@ def build_sidecars(config, source, results):
                                                  "device", "mixed_precision", "kernels")},
                        "Precision": (results.get("device_plan") or {}).get("precision", "fp32"),
                        "RequestedPrecision": config.get("precision", "fp32"),
+                       "TTA": config.get("tta", "auto"),
                        "HU_clamp": [-1024, 3071], "NetworkInputInterpolation": "nearestNeighbor",
                        "ProbabilityInterpolation": "linear"},
         "Model": model_info,
@@ -87,6 +110,8 @@ def build_sidecars(config, source, results):
         "MaskMethod": config["mask_method"],
         "Warnings": results.get("warnings", []),
         "QC": results.get("qc", {}),
+        **split_fields(results.get("split")),
+        **({"Uncertainty": results["uncertainty"]} if results.get("uncertainty") else {}),
         **provenance,
     }
     return {
@@ -98,6 +123,11 @@ def build_sidecars(config, source, results):
                                               "template grid",
                                **{k: hemorrhage[k] for k in ("HemorrhageVolume", "HemorrhageVolumeUnits")},
                                **provenance},
+        "hemorrhage_dseg": {
+            "Sources": raw + [f"bids::{Path(plan_outputs('', source['relpath'])['hemorrhage_mask'])}"],
+            "Description": "the hemorrhage mask split into parenchymal (ICH, 1) and intraventricular "
+                           "(IVH, 2) parts: an ESTIMATE from anatomy, not from IVH labels",
+            **native_ref, **split_fields(results.get("split")), **provenance},
         "preproc_template": {"Sources": raw, **template_ref, "SkullStripped": True, "Interpolation": "nearestNeighbor",
                              "Description": "network input: raw HU, 0 outside the brain, template grid",
                              "RegistrationSimilarity": results.get("similarity"), **provenance},
@@ -120,11 +150,17 @@ def write_outputs(config, source, files, results):
     moves = []
     try:
         for key, target in targets.items():
+            if key not in files:  # e.g. no dseg from an older workflow: nothing half-written
+                continue
             staged = staging / target.name
             shutil.copyfile(files[key], staged)
             staged_json = staging / sidecar_path(target).name
             staged_json.write_text(json.dumps(sidecars[key], indent=2, default=str) + "\n")
             moves += [(staged, target), (staged_json, sidecar_path(target))]
+        if "hemorrhage_dseg" in files:
+            tsv = Path(str(targets["hemorrhage_dseg"])[: -len(".nii.gz")] + ".tsv")
+            (staging / tsv.name).write_text(dseg_tsv())
+            moves.append((staging / tsv.name, tsv))
         # the hemorrhage mask's sidecar (the volumes) lands last: if it exists, all do
         moves.sort(key=lambda m: m[1] == sidecar_path(targets["hemorrhage_mask"]))
         for staged, target in moves:

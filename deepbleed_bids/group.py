@@ -41,6 +41,14 @@ VOLUME_COLUMNS = {
     "image": "source CT name without suffix: the prefix of every derivative of it",
     "source": "source CT, relative to the BIDS dataset",
     "hemorrhage_volume_ml": "network hemorrhage (ICH + IVH) volume, native voxel size (mL)",
+    "intraventricular_volume_ml": "ESTIMATED intraventricular part of the hemorrhage (mL; atlas ventricle "
+                                  "prior refined on the scan, not validated on labelled IVH)",
+    "parenchymal_volume_ml": "ESTIMATED parenchymal (intracerebral) part of the hemorrhage (mL)",
+    "volume_low_ml": "lower end of the hemorrhage volume interval over the test-time passes (mL)",
+    "volume_high_ml": "upper end of that interval (mL); equal to the volume with --tta none",
+    "uncertain_volume_ml": "volume of voxels with hemorrhage probability 0.2-0.8 (mL)",
+    "pass_dice": "smallest Dice between a test-time pass's mask and the averaged mask (n/a with one pass)",
+    "tta": "test-time augmentation run (none, flip, flip+mc)",
     "brain_volume_ml": "brain mask volume (mL)",
     "abc2_ml": "automated ABC/2 of the largest hemorrhage component (mL); see deepbleed_bids.qc.abc2",
     "abc2_a_mm": "A: largest axial diameter on the slice of largest area (mm)",
@@ -65,6 +73,10 @@ LONGITUDINAL_COLUMNS = {
     "change_prev_pct": "that change in percent of the previous volume",
     "change_first_ml": "volume minus the first scan's (mL)",
     "change_first_pct": "that change in percent of the first volume",
+    "ivh_change_prev_ml": "ESTIMATED intraventricular volume minus the previous scan's (mL)",
+    "ivh_change_first_ml": "ESTIMATED intraventricular volume minus the first scan's (mL)",
+    "parenchymal_change_prev_ml": "ESTIMATED parenchymal volume minus the previous scan's (mL)",
+    "parenchymal_change_first_ml": "ESTIMATED parenchymal volume minus the first scan's (mL)",
     "expansion": "growth from the first scan > expansion_ml or > expansion_pct (pre-treatment scans)",
     "expansion_prev": "the same criterion against the previous scan",
     "post_treatment": "scan after surgery",
@@ -95,6 +107,7 @@ def _record(path, out_dir, thresholds):
     else:
         flags = qcrec.get("Flags") or {}
     abc = metrics.get("ABC2") or {}
+    unc = meta.get("Uncertainty") or {}
     raw = next((s[len("bids:raw:"):] for s in meta.get("Sources", []) if s.startswith("bids:raw:")), "")
     model = meta.get("Model") or {}
     return {
@@ -105,6 +118,13 @@ def _record(path, out_dir, thresholds):
         "image": prefix,
         "source": raw,
         "hemorrhage_volume_ml": meta.get("HemorrhageVolume"),
+        "intraventricular_volume_ml": meta.get("IntraventricularVolume"),
+        "parenchymal_volume_ml": meta.get("ParenchymalVolume"),
+        "volume_low_ml": (unc.get("VolumeInterval") or [None, None])[0],
+        "volume_high_ml": (unc.get("VolumeInterval") or [None, None])[1],
+        "uncertain_volume_ml": unc.get("UncertainVolume"),
+        "pass_dice": unc.get("PassDice") if unc.get("Passes", 1) > 1 else None,
+        "tta": unc.get("TTA"),
         "brain_volume_ml": meta.get("BrainVolume"),
         "abc2_ml": metrics.get("ABC2Volume"),
         "abc2_a_mm": abc.get("A"),
@@ -256,7 +276,11 @@ def first_scans(df):
     return df.sort_values(["participant_id", "scan_order"]).groupby("participant_id").head(1)
 
 
-def volume_summary(df, group_by=(), variables=("hemorrhage_volume_ml", "abc2_ml", "brain_volume_ml")):
+SUMMARY_VARIABLES = ("hemorrhage_volume_ml", "intraventricular_volume_ml", "parenchymal_volume_ml",
+                     "uncertain_volume_ml", "abc2_ml", "brain_volume_ml")
+
+
+def volume_summary(df, group_by=(), variables=SUMMARY_VARIABLES):
     """Descriptive statistics, overall and per group, for every scan and for first scans only."""
     rows = []
     scopes = {"all_scans": df}
@@ -380,6 +404,7 @@ def longitudinal(df, expansion_ml=6.0, expansion_pct=33.0, post_sessions=(), ses
         if len(part) < 2:
             continue
         part = part.sort_values("scan_order")
+        part_frame = part
         post = [is_post_treatment(r, post_sessions, sessions) for _, r in part.iterrows()]
         vols = part["hemorrhage_volume_ml"].astype(float).to_numpy()
         first_post = next((k for k, p in enumerate(post) if p), None)
@@ -404,13 +429,25 @@ def longitudinal(df, expansion_ml=6.0, expansion_pct=33.0, post_sessions=(), ses
                            mistie_target_met=True if met else (False if red == red else None))
             else:
                 row.update(reference_volume_ml=float("nan"), reduction_pct=float("nan"), mistie_target_met=None)
+            for part, column in (("ivh", "intraventricular_volume_ml"), ("parenchymal", "parenchymal_volume_ml")):
+                series = pd.to_numeric(part_df_col(part_frame, column), errors="coerce").to_numpy(float)
+                row[column] = series[k]
+                row[f"{part}_change_prev_ml"] = series[k] - series[k - 1] if k else float("nan")
+                row[f"{part}_change_first_ml"] = series[k] - series[0]
             row["qc_flags"] = r.get("qc_flags", "")
             rows.append(row)
     columns = ["participant_id", "session", "acquisition", "run", "image", "scan_order", "order_by",
                "acq_time", "hours_from_first", "hemorrhage_volume_ml", "change_prev_ml", "change_prev_pct",
                "change_first_ml", "change_first_pct", "expansion", "expansion_prev", "post_treatment",
-               "reference_volume_ml", "reduction_pct", "mistie_target_met", "qc_flags"]
+               "reference_volume_ml", "reduction_pct", "mistie_target_met",
+               "intraventricular_volume_ml", "ivh_change_prev_ml", "ivh_change_first_ml",
+               "parenchymal_volume_ml", "parenchymal_change_prev_ml", "parenchymal_change_first_ml", "qc_flags"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def part_df_col(frame, column):
+    """A column of the frame, or missing values when older outputs lack it."""
+    return frame[column] if column in frame.columns else pd.Series([float("nan")] * len(frame), index=frame.index)
 
 
 # ---------------------------------------------------------------- completeness

@@ -35,6 +35,13 @@ table) and their default thresholds, all in :data:`THRESHOLDS`:
   hyperdensity estimate (:func:`hyperdensity_mask`) differ by more than
   ``hyperdensity_tolerance_ml`` and ``hyperdensity_tolerance_rel`` of the
   larger: an independent second method, as the paper's authors kept one.
+* ``uncertain``: the network is unsure of this scan (deepbleed_bids.uncertainty):
+  the volume of voxels with probability 0.2-0.8 exceeds both ``max_uncertain_ml``
+  and ``max_uncertain_ratio`` times the hemorrhage volume (the 0.2-0.8 band of a
+  sharp edge grows with the clot's surface: a large clear clot has mL of it), or
+  the volumes of the test-time passes (``--tta``) spread over more than
+  ``max_volume_spread_ml``. Calibrated on synthetic hematomas in the real head
+  with the demo model (benchmarks/bench_ivh_uncertainty.py; README).
 """
 import numpy as np
 from scipy import ndimage as ndi
@@ -56,6 +63,9 @@ THRESHOLDS = {
     "max_noise_hu": 15.0,
     "hyperdensity_tolerance_ml": 5.0,
     "hyperdensity_tolerance_rel": 0.3,
+    "max_uncertain_ml": 3.0,
+    "max_uncertain_ratio": 0.6,
+    "max_volume_spread_ml": 1.5,
 }
 
 # The classical hyperdensity estimate (measured on the real GE head with
@@ -416,11 +426,29 @@ def flags(metrics, thresholds=None):
             f"network {net:.1f} mL vs classical hyperdensity estimate {hyp:.1f} mL "
             f"(tolerance {t['hyperdensity_tolerance_ml']:g} mL and "
             f"{100 * t['hyperdensity_tolerance_rel']:.0f}%)")
+    unsure = uncertain_reasons(m, t)
+    if unsure:
+        out["uncertain"] = "the network is unsure of this scan: " + "; ".join(unsure) + ": read it first"
+    return out
+
+
+def uncertain_reasons(metrics, thresholds=None):
+    """Why the ``uncertain`` flag fires (empty list: it does not); None measures are skipped."""
+    t = {**THRESHOLDS, **(thresholds or {})}
+    out = []
+    unc, spread = metrics.get("UncertainVolume"), metrics.get("VolumeSpread")
+    volume = metrics.get("HemorrhageVolume") or 0.0
+    if unc is not None and unc == unc and unc > t["max_uncertain_ml"] \
+            and unc > t["max_uncertain_ratio"] * volume:
+        out.append(f"{unc:.1f} mL of voxels with probability 0.2-0.8 (> {t['max_uncertain_ml']:g} mL and > "
+                   f"{t['max_uncertain_ratio']:g} x the {volume:.1f} mL hemorrhage)")
+    if spread is not None and spread == spread and spread > t["max_volume_spread_ml"]:
+        out.append(f"test-time passes disagree by {spread:.1f} mL (> {t['max_volume_spread_ml']:g} mL)")
     return out
 
 
 def quality(hu, brain, hemorrhage, affine, hemorrhage_ml=None, similarity=None,
-            registered=None, template=None, metadata=None, thresholds=None):
+            registered=None, template=None, metadata=None, thresholds=None, uncertainty=None):
     """The QC record of one image: {"Flags", "Pass", "Metrics", "Thresholds", "Hyperdensity"}.
 
     hu, brain, hemorrhage: native arrays; registered/template: the network input
@@ -435,6 +463,10 @@ def quality(hu, brain, hemorrhage, affine, hemorrhage_ml=None, similarity=None,
         if registered is not None and template is not None else None
     m["KernelType"] = (metadata or {}).get("kernel_type", "unknown")
     m["ContrastSuspected"] = bool((metadata or {}).get("contrast", False))
+    unc = uncertainty or {}
+    m["UncertainVolume"] = unc.get("UncertainVolume")
+    m["VolumeSpread"] = unc.get("VolumeSpread") if unc.get("Passes", 1) > 1 else None
+    m["PassDice"] = unc.get("PassDice") if unc.get("Passes", 1) > 1 else None
     found = flags(m, t)
     return {"Pass": not found, "Flags": found, "Metrics": _rounded(m), "Thresholds": t,
             "Hyperdensity": dict(HYPER)}

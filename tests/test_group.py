@@ -114,6 +114,21 @@ def test_change_expansion_and_mistie_target():
     assert lone["mistie_target_met"].tolist() == [True, None]
 
 
+def test_ivh_change_between_scans():
+    df = G.order_scans(_table([_row("sub-1", "1", 20.0), _row("sub-1", "2", 26.0), _row("sub-1", "3", 22.0)]))
+    df["intraventricular_volume_ml"] = [2.0, 7.5, 4.0]
+    df["parenchymal_volume_ml"] = [18.0, 18.5, 18.0]
+    long = G.longitudinal(df).set_index("session")
+    assert long.loc["2", "ivh_change_prev_ml"] == pytest.approx(5.5)
+    assert long.loc["3", "ivh_change_prev_ml"] == pytest.approx(-3.5)
+    assert long.loc["3", "ivh_change_first_ml"] == pytest.approx(2.0)
+    assert long.loc["2", "parenchymal_change_first_ml"] == pytest.approx(0.5)
+    assert np.isnan(long.loc["1", "ivh_change_prev_ml"])
+    # outputs of an older version (no split): the change columns are missing values, not an error
+    old = G.longitudinal(G.order_scans(_table([_row("s", "1", 10.0), _row("s", "2", 12.0)])))
+    assert old["ivh_change_prev_ml"].isna().all()
+
+
 def test_volume_summary_statistics():
     v = np.array([1.0, 4.0, 9.0, 16.0, 30.0])
     df = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(5)], "hemorrhage_volume_ml": v,
@@ -206,6 +221,40 @@ def test_volumes_table_equals_the_sidecars(cohort):
         vol.loc[vol["arm"] == "surgery", "hemorrhage_volume_ml"].mean(), rel=1e-5)
     first = summary.query("scope == 'first_scan' and group_by == 'all' and variable == 'hemorrhage_volume_ml'")
     assert first["n"].iloc[0] == 2
+
+
+@pytest.mark.slow
+def test_split_and_uncertainty_in_sidecars_and_tables(cohort):
+    out = cohort["out"]
+    vol = pd.read_csv(out / "group" / "volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    for _, r in vol.iterrows():
+        meta = _sidecar(out, r["source"])
+        ivh, par = meta["IntraventricularVolume"], meta["ParenchymalVolume"]
+        assert ivh + par == pytest.approx(meta["HemorrhageVolume"], abs=0.01)
+        assert "ESTIMATE" in meta["HemorrhageSplit"]["Note"]
+        assert r["intraventricular_volume_ml"] == pytest.approx(ivh, abs=1e-6)
+        assert r["parenchymal_volume_ml"] == pytest.approx(par, abs=1e-6)
+        unc = meta["Uncertainty"]
+        assert unc["TTA"] == "none" and unc["Passes"] == 1  # the CPU default
+        assert r["uncertain_volume_ml"] == pytest.approx(unc["UncertainVolume"], abs=1e-6)
+        assert r["volume_low_ml"] <= r["hemorrhage_volume_ml"] <= r["volume_high_ml"]
+        assert "UncertainVolume" in meta["QC"]["Metrics"]
+        # the dseg and its look-up table, named as BIDS derivatives
+        dseg = out / r["source"].replace("_ct.nii.gz", "_desc-hemorrhage_dseg.nii.gz")
+        mask = out / r["source"].replace("_ct.nii.gz", "_desc-hemorrhage_mask.nii.gz")
+        d, m = nib.load(dseg), nib.load(mask)
+        assert np.array_equal(d.affine, m.affine)
+        assert np.array_equal(np.asanyarray(d.dataobj) > 0, np.asanyarray(m.dataobj) > 0)
+        assert dseg.with_suffix("").with_suffix(".tsv").read_text().startswith("index\tname")
+        assert json.loads(dseg.with_suffix("").with_suffix(".json").read_text())["ParenchymalVolume"] == par
+    summary = pd.read_csv(out / "group" / "summary.tsv", sep="\t")
+    assert {"intraventricular_volume_ml", "parenchymal_volume_ml"} <= set(summary["variable"])
+    long = pd.read_csv(out / "group" / "longitudinal.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    s1 = long[long["participant_id"] == "sub-01"].sort_values("scan_order")
+    assert s1["ivh_change_prev_ml"].iloc[1] == pytest.approx(
+        s1["intraventricular_volume_ml"].iloc[1] - s1["intraventricular_volume_ml"].iloc[0], abs=1e-6)
+    html = (out / "sub-01.html").read_text()
+    assert "Intraventricular / parenchymal split and uncertainty" in html and "estimate" in html
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ def config_from_args(args):
         template=str(args.template.absolute()) if args.template else "",
         brain_extraction=args.brain_extraction,
         mask_method=args.mask_method, threshold=args.threshold, kernels=args.kernels, seed=args.seed,
+        tta=getattr(args, "tta", "auto"),
         verbose=args.verbose, group_by=list(args.group_by),
         reference_masks=str(args.reference_masks or ""),
         expansion_ml=args.expansion_ml, expansion_pct=args.expansion_pct,

@@ -21,6 +21,9 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     timings = traits.Dict()
     warnings = traits.List()
     qc = traits.Dict(desc="quality control record (deepbleed_bids.qc.quality)")
+    hemorrhage_dseg = File(exists=True, desc="native dseg: 1 ICH (parenchymal), 2 IVH")
+    split = traits.Dict(desc="IVH / parenchymal volumes (deepbleed_bids.ventricles)")
+    uncertainty = traits.Dict(desc="the Uncertainty record (deepbleed_bids.uncertainty)")
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -41,7 +44,11 @@ class WriteDerivatives(SimpleInterface):
 
         keys = ("brain_mask", "hemorrhage_mask", "hemorrhage_probseg", "preproc_template",
                 "probseg_template", "transform")
+        from nipype.interfaces.base import isdefined
+
         files = {k: getattr(self.inputs, k) for k in keys}
+        if isdefined(self.inputs.hemorrhage_dseg):
+            files["hemorrhage_dseg"] = self.inputs.hemorrhage_dseg
         brain = nib.load(files["brain_mask"])
         results = {
             "hemorrhage_volume_ml": self.inputs.hemorrhage_volume_ml,
@@ -54,6 +61,8 @@ class WriteDerivatives(SimpleInterface):
             "timings": self.inputs.timings,
             "warnings": list(self.inputs.warnings),
             "qc": dict(self.inputs.qc),
+            "split": dict(self.inputs.split) if isdefined(self.inputs.split) else {},
+            "uncertainty": dict(self.inputs.uncertainty) if isdefined(self.inputs.uncertainty) else {},
         }
         self._results["out_files"] = write_outputs(self.inputs.config, self.inputs.source, files, results)
         return runtime

@@ -14,6 +14,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     template = File(exists=True, desc="the template")
     metadata = traits.Dict(desc="source sidecar (kernel and contrast checks)")
     thresholds = traits.Dict(desc="overrides of deepbleed_bids.qc.THRESHOLDS")
+    uncertainty = traits.Dict(desc="the Uncertainty record (deepbleed_bids.uncertainty)")
 
 
 class _QCOutputSpec(TraitedSpec):
@@ -53,7 +54,7 @@ class ComputeQC(SimpleInterface):
                 hemorrhage_ml=value("hemorrhage_volume_ml"), similarity=value("similarity"),
                 registered=load(self.inputs.registered), template=load(self.inputs.template),
                 metadata={"kernel_type": kernel_type(meta), "contrast": contrast_suspected(meta)},
-                thresholds=value("thresholds") or {})
+                thresholds=value("thresholds") or {}, uncertainty=value("uncertainty"))
         except Exception as err:  # noqa: BLE001  QC must never cost the image its outputs
             qc = {"Pass": False, "Flags": {"qc_error": f"quality control failed: {err}"}, "Metrics": {}}
         self._results["qc"] = qc

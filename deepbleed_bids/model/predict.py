@@ -46,3 +46,91 @@ def predict_volume(model, volume, patch_size=0, overlap=0.5, batch_size=1, devic
             total[x:x + patch_size, y:y + patch_size, z:z + patch_size] += prob
             count[x:x + patch_size, y:y + patch_size, z:z + patch_size] += 1
     return total / np.maximum(count, 1)
+
+
+# ---------------------------------------------------------------- test-time augmentation
+
+TTA_CHOICES = ("auto", "none", "flip", "flip+mc")
+MC_PASSES = 4  # Monte-Carlo dropout passes added by --tta flip+mc
+FLIP_AXIS = 0  # the template grid is RAS: axis 0 runs left to right
+
+
+def resolve_tta(requested, device="/CPU:0"):
+    """``auto`` -> ``flip`` on a GPU, ``none`` on the CPU (a flip doubles the forward time)."""
+    if requested not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {TTA_CHOICES}, not {requested!r}")
+    if requested == "auto":
+        return "flip" if "GPU" in str(device).upper() else "none"
+    return requested
+
+
+def has_dropout(model):
+    """True when the model holds a dropout layer with a non-zero rate (Monte-Carlo dropout possible)."""
+    for layer in getattr(model, "layers", []):
+        rate = getattr(layer, "rate", None)
+        if "dropout" in type(layer).__name__.lower() and rate:
+            return True
+        if has_dropout(layer) if getattr(layer, "layers", None) else False:
+            return True
+    return False
+
+
+def dropout_twin(model, spec):
+    """The model's VNet rebuilt with the dropout its card says it was trained with, sharing the
+    trained weights (inference models are built without dropout layers, which hold no weights);
+    None when the card names no dropout (e.g. the published weights)."""
+    from .vnet import build_vnet
+
+    rate = ((getattr(spec, "card", None) or {}).get("training") or {}).get("dropout")
+    if not rate or has_dropout(model):
+        return None
+    twin = build_vnet(width=spec.width, kernel_size=spec.kernel_size, input_shape=model.input_shape[1:],
+                      dropout=float(rate))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def predict_passes(model, volume, tta="none", patch_size=0, overlap=0.5, batch_size=1,
+                   device="/CPU:0", mc_passes=MC_PASSES, seed=1, mc_model=None):
+    """The probability map of every test-time pass and what was run.
+
+    ``none``: one pass; ``flip``: also the left-right mirrored input (mirrored back);
+    ``flip+mc``: plus ``mc_passes`` Monte-Carlo dropout passes on each of the two
+    orientations when the model has dropout, or with ``mc_model`` (see :func:`dropout_twin`)
+    (the VNet has no batch normalisation, so ``training=True`` only switches dropout on).
+    Returns (list of arrays, info).
+    """
+    import tensorflow as tf
+
+    tta = resolve_tta(tta, device)
+    volume = np.asarray(volume, dtype=np.float32)
+    run = lambda v: predict_volume(model, v, patch_size, overlap, batch_size, device)  # noqa: E731
+    passes, names, notes = [run(volume)], ["identity"], []
+    if tta in ("flip", "flip+mc"):
+        passes.append(np.flip(run(np.flip(volume, FLIP_AXIS).copy()), FLIP_AXIS).copy())
+        names.append("flip")
+    if tta == "flip+mc":
+        if mc_model is not None and has_dropout(mc_model):
+            model = mc_model
+        if not has_dropout(model):
+            notes.append("flip+mc: the model has no dropout, Monte-Carlo passes skipped (flip only)")
+        else:
+            tf.random.set_seed(seed)
+            dropout_on = _DropoutOn(model)
+            for k in range(mc_passes):
+                for flipped in (False, True):
+                    v = np.flip(volume, FLIP_AXIS).copy() if flipped else volume
+                    out = predict_volume(dropout_on, v, patch_size, overlap, batch_size, device)
+                    passes.append(np.flip(out, FLIP_AXIS).copy() if flipped else out)
+                    names.append(f"mc{k + 1}" + ("-flip" if flipped else ""))
+    return passes, {"TTA": tta, "Passes": names, "Notes": notes}
+
+
+class _DropoutOn:
+    """The model called with dropout active whatever ``training`` the caller passes."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, training=False):
+        return self.model(x, training=True)

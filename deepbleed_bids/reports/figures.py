@@ -170,3 +170,33 @@ def alignment_figure(registered, template):
                     ax.contour(m.astype(np.float32), levels=[0.5], colors=[color], linewidths=0.7)
             _label(ax, ("axial", "coronal", "sagittal")[row] + f" {k}", "bl", 7)
     return _png(fig)
+
+
+IVH_COLOR = "#3d7bff"
+UNCERTAIN_CMAP = "autumn"
+
+
+def split_uncertainty_mosaic(ct, dseg, prob, zooms, n=12, cols=6, band=(0.2, 0.8)):
+    """Hemorrhage slices, zoomed: the parenchymal (red) and intraventricular (blue) parts
+    outlined, and the uncertainty map (probability within ``band``, yellow = 0.5) filled."""
+    dseg = np.asarray(dseg)
+    prob = np.asarray(prob, np.float32)
+    unsure = (prob >= band[0]) & (prob <= band[1])
+    region = (dseg > 0) | unsure
+    slices = pick_slices(region, n)
+    if not slices:
+        return None
+    sx, sy = _crop(region, zooms)
+    aspect = zooms[1] * (sy.stop - sy.start) / (zooms[0] * (sx.stop - sx.start))
+    fig, axes = _figure(len(slices), min(cols, len(slices)), panel_in=2.4, aspect=aspect)
+    for ax, k in zip(axes, slices):
+        _show(ax, ct[sx, sy, k], zooms)
+        # closeness to 0.5 (1 at 0.5, 0 at the band's ends), only inside the band
+        u = np.where(unsure[sx, sy, k], 1 - np.abs(prob[sx, sy, k] - 0.5) / 0.3, np.nan)
+        if np.isfinite(u).any():
+            ax.imshow(u.T[:, ::-1], cmap=UNCERTAIN_CMAP, vmin=0, vmax=1, alpha=0.6, origin="lower",
+                      aspect=zooms[1] / zooms[0], interpolation="nearest")
+        _contour(ax, dseg[sx, sy, k] == 1, BLEED_COLOR, 1.0)
+        _contour(ax, dseg[sx, sy, k] == 2, IVH_COLOR, 1.0)
+        _label(ax, f"z {k}", "bl", 7)
+    return _png(fig)

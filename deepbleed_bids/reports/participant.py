@@ -76,6 +76,9 @@ def _figures(out_dir, bids_dir, relpath, meta):
             parts.append(H.embedded_png(detail, f"{relpath} hemorrhage slices"))
         else:
             parts.append("<p>No hemorrhage segmented.</p>")
+        split_fig = _split_figure(files, ct, zooms, relpath)
+        if split_fig:
+            parts.append(split_fig)
     else:
         notes.append(f"source CT {relpath} not found in the BIDS dataset: native-space figures omitted")
     template = Path((meta.get("Template") or {}).get("Path") or "")
@@ -90,6 +93,41 @@ def _figures(out_dir, bids_dir, relpath, meta):
     return "\n".join(parts), notes
 
 
+def _split_figure(files, ct, zooms, relpath):
+    """The IVH / parenchymal split outlined over the uncertainty map (probability 0.2-0.8)."""
+    import nibabel as nib
+
+    from . import figures as F
+
+    dseg_path, prob_path = Path(files["hemorrhage_dseg"]), Path(files["hemorrhage_probseg"])
+    if not (dseg_path.is_file() and prob_path.is_file()):
+        return ""
+    dseg, _ = F.canonical(nib.load(str(dseg_path)))
+    prob, _ = F.canonical(nib.load(str(prob_path)))
+    png = F.split_uncertainty_mosaic(ct, dseg, prob, zooms)
+    if png is None:
+        return ""
+    return ("<h3>Intraventricular / parenchymal split and uncertainty</h3><p class='legend'>"
+            f"<span style='background:{F.BLEED_COLOR}'></span>parenchymal (ICH)"
+            f"<span style='background:{F.IVH_COLOR}'></span>intraventricular (IVH): an estimate from "
+            "anatomy, not from IVH labels; filled: uncertainty map, voxels of probability 0.2-0.8 "
+            "(yellow: 0.5)</p>" + H.embedded_png(png, f"{relpath} split and uncertainty"))
+
+
+def _uncertainty_text(meta):
+    unc = meta.get("Uncertainty") or {}
+    if not unc:
+        return "not computed"
+    text = f"{H.fmt(unc.get('UncertainVolume'), 1, ' mL')} of probability 0.2-0.8"
+    if unc.get("Passes", 1) > 1:
+        lo, hi = unc.get("VolumeInterval") or [None, None]
+        text += (f"; {unc['Passes']} passes ({H.esc(unc.get('TTA'))}): volume {H.fmt(lo, 1)}-{H.fmt(hi, 1)} mL, "
+                 f"smallest pass Dice {H.fmt(unc.get('PassDice'), 2)}")
+    else:
+        text += f"; one pass (--tta {H.esc(unc.get('TTA'))}): no interval"
+    return text
+
+
 def _summary(meta):
     qc = meta.get("QC") or {}
     m = qc.get("Metrics") or {}
@@ -99,6 +137,10 @@ def _summary(meta):
               f"<span class='bad'>{len(flags)} flag(s)</span>" if flags else "not computed")
     return H.kv_table([
         ("Hemorrhage volume (network)", H.fmt(meta.get("HemorrhageVolume"), 2, " mL")),
+        ("Intraventricular / parenchymal (estimate)",
+         f"{H.fmt(meta.get('IntraventricularVolume'), 2, ' mL')} / {H.fmt(meta.get('ParenchymalVolume'), 2, ' mL')}"
+         if meta.get("IntraventricularVolume") is not None else "not computed"),
+        ("Uncertainty", _uncertainty_text(meta)),
         ("ABC/2", H.fmt(m.get("ABC2Volume"), 1, " mL") + (
             f" (A {H.fmt(abc.get('A'), 0)} x B {H.fmt(abc.get('B'), 0)} x C {H.fmt(abc.get('C'), 0)} mm / 2)"
             if abc.get("A") else "")),
@@ -196,6 +238,8 @@ def write_participant_report(out_dir, bids_dir, subject, failures=(), skipped=()
         flags = (meta.get("QC") or {}).get("Flags") or {}
         rows.append([f"<a href='#{H.esc(anchor)}'>{H.esc(relpath)}</a>", H.esc(entry["status"]),
                      H.fmt(meta.get("HemorrhageVolume"), 2) if meta else "n/a",
+                     (f"{H.fmt(meta.get('IntraventricularVolume'), 2)} / {H.fmt(meta.get('ParenchymalVolume'), 2)}"
+                      if meta.get("IntraventricularVolume") is not None else "n/a"),
                      H.fmt(((meta.get("QC") or {}).get("Metrics") or {}).get("ABC2Volume"), 1) if meta else "n/a",
                      "<span class='bad'>" + H.esc(", ".join(flags)) + "</span>" if flags else
                      ("<span class='ok'>none</span>" if meta.get("QC") else "n/a")])
@@ -203,7 +247,8 @@ def write_participant_report(out_dir, bids_dir, subject, failures=(), skipped=()
     head = (f"<h1 id='summary'>deepbleed-bids report: {H.esc(sub)}</h1>"
             f"<p>Intracerebral hemorrhage (ICH + IVH) segmented with the DeepBleed VNet. {QC_TEXT}. "
             f"Not for clinical use. Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>"
-            + H.table(rows, ["CT", "status", "hemorrhage (mL)", "ABC/2 (mL)", "QC flags"]))
+            + H.table(rows, ["CT", "status", "hemorrhage (mL)", "IVH / parenchymal (mL, estimate)",
+                             "ABC/2 (mL)", "QC flags"]))
     methods = _methods(out_dir)
     if methods:
         nav.append(("methods", "Methods"))

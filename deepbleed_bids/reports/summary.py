@@ -14,7 +14,8 @@ def _summary_table(summary):
     rows = [[H.esc(r["scope"]), H.esc(r["group_by"]), H.esc(r["group"]), H.esc(r["variable"]), str(r["n"]),
              H.fmt(r["mean"]), H.fmt(r["sd"]), H.fmt(r["median"]), f"{H.fmt(r['q1'])}-{H.fmt(r['q3'])}",
              f"{H.fmt(r['min'])}-{H.fmt(r['max'])}"]
-            for r in summary.to_dict(orient="records") if r["variable"] == "hemorrhage_volume_ml"]
+            for r in summary.to_dict(orient="records")
+            if r["variable"] in ("hemorrhage_volume_ml", "intraventricular_volume_ml", "parenchymal_volume_ml")]
     return H.table(rows, ["scope", "by", "group", "variable", "n", "mean", "SD", "median", "IQR", "range"])
 
 
@@ -23,11 +24,15 @@ def _scans_table(df):
     for r in df.to_dict(orient="records"):
         anchor = r["image"]
         rows.append([f"<a href='../{H.esc(r['report'])}#{H.esc(anchor)}'>{H.esc(r['image'])}</a>",
-                     H.fmt(r["hemorrhage_volume_ml"], 2), H.fmt(r["abc2_ml"]), H.fmt(r["hyperdensity_ml"]),
+                     H.fmt(r["hemorrhage_volume_ml"], 2),
+                     f"{H.fmt(r.get('volume_low_ml'))}-{H.fmt(r.get('volume_high_ml'))}",
+                     f"{H.fmt(r.get('intraventricular_volume_ml'))} / {H.fmt(r.get('parenchymal_volume_ml'))}",
+                     H.fmt(r["abc2_ml"]), H.fmt(r["hyperdensity_ml"]),
                      H.fmt(r["brain_volume_ml"], 0),
                      f"<span class='bad'>{H.esc(r['qc_flags'])}</span>" if r["qc_flags"] else
                      ("<span class='ok'>none</span>" if r["qc_pass"] is True else "n/a")])
-    return H.table(rows, ["CT (report)", "hemorrhage (mL)", "ABC/2 (mL)", "hyperdensity (mL)", "brain (mL)",
+    return H.table(rows, ["CT (report)", "hemorrhage (mL)", "interval (mL)", "IVH / parenchymal (mL, estimate)",
+                          "ABC/2 (mL)", "hyperdensity (mL)", "brain (mL)",
                           "QC flags"])
 
 
@@ -38,11 +43,13 @@ def _long_table(long):
     rows = [[H.esc(r["participant_id"]), H.esc(r["session"]), str(r["scan_order"]),
              H.fmt(r["hemorrhage_volume_ml"], 2), H.fmt(r["change_prev_ml"]), H.fmt(r["change_first_ml"]),
              H.fmt(r["change_first_pct"], 0, "%"), yes(r["expansion"]), yes(r["post_treatment"]),
-             H.fmt(r["reduction_pct"], 0, "%"), yes(r["mistie_target_met"])]
+             H.fmt(r["reduction_pct"], 0, "%"), yes(r["mistie_target_met"]),
+             H.fmt(r.get("ivh_change_prev_ml")), H.fmt(r.get("ivh_change_first_ml"))]
             for r in long.to_dict(orient="records")]
     return H.table(rows, ["participant", "session", "order", "volume (mL)", "change vs previous (mL)",
                           "change vs first (mL)", "change vs first", "expansion", "post-treatment",
-                          "reduction", "MISTIE target met"])
+                          "reduction", "MISTIE target met", "IVH change vs previous (mL, estimate)",
+                          "IVH change vs first (mL, estimate)"])
 
 
 def write_group_report(path, df, summary, long, missing, result, figures, config):

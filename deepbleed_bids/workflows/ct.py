@@ -6,13 +6,15 @@ from ..interfaces.derivatives import WriteDerivatives
 from ..interfaces.dicom import WriteDicom
 from ..interfaces.qc import ComputeQC
 from ..interfaces.registration import ToNative
-from ..interfaces.segment import VNetSegment
+from ..interfaces.segment import Uncertainty, VNetSegment
+from ..interfaces.ventricles import HemorrhageSplit
 from .preproc import init_preproc_wf
 
 
-def _timings(clamp, brain, register, segment, forward, native):
+def _timings(clamp, brain, register, segment, forward, native, split=0.0):
     return {"clamp": clamp, "brain_extraction": brain, "registration": register,
-            "segmentation": segment, "vnet_forward": forward, "to_native": native}
+            "segmentation": segment, "vnet_forward": forward, "to_native": native,
+            "ivh_split": split}
 
 
 def init_ct_wf(config, source, name=None):
@@ -26,10 +28,15 @@ def init_ct_wf(config, source, name=None):
     segment = pe.Node(VNetSegment(model_spec=config.model_spec, device=config.device,
                                   model_sha256=config.model_spec.get("sha256", ""),
                                   mixed_precision=config.mixed_precision, num_threads=threads,
-                                  precision=config.precision),
+                                  precision=config.precision,
+                                  tta=getattr(config, "tta", "auto") or "auto", threshold=config.threshold,
+                                  seed=config.seed),
                       name="segment", n_procs=threads, mem_gb=3.0)
     native = pe.Node(ToNative(method=config.mask_method, threshold=config.threshold),
                      name="to_native", n_procs=threads, mem_gb=1.0)  # ITK resampling threads
+    uncertainty = pe.Node(Uncertainty(), name="uncertainty", mem_gb=1.0)
+    split = pe.Node(HemorrhageSplit(threshold=config.threshold, seed=config.seed), name="ivh_split",
+                    n_procs=threads, mem_gb=2.0)
     timings = pe.Node(niu.Function(function=_timings, output_names=["timings"]), name="timings")
     qc = pe.Node(ComputeQC(template=config.template, metadata=source.get("metadata", {}),
                            thresholds=getattr(config, "qc_thresholds", {}) or {}),
@@ -46,6 +53,16 @@ def init_ct_wf(config, source, name=None):
                                 (po + "register_s", "register")]),
         (segment, timings, [("elapsed", "segment"), ("forward_s", "forward")]),
         (native, timings, [("elapsed", "native")]),
+        (split, timings, [("elapsed", "split")]),
+        (segment, uncertainty, [("agreement", "agreement")]),
+        (native, uncertainty, [("out_probseg", "native_probseg"), ("volume_ml", "volume_ml")]),
+        (preproc, split, [(po + "template_ct", "template_ct"), (po + "clamped", "reference"),
+                          (po + "transform", "transform"), (po + "brain_mask", "brain_mask")]),
+        (segment, split, [("out_probseg", "probseg_template")]),
+        (native, split, [("out_mask", "hemorrhage_mask")]),
+        (split, sink, [("out_dseg", "hemorrhage_dseg"), ("split", "split")]),
+        (uncertainty, sink, [("uncertainty", "uncertainty")]),
+        (uncertainty, qc, [("uncertainty", "uncertainty")]),
         (preproc, sink, [(po + "brain_mask", "brain_mask"), (po + "brain_volume_ml", "brain_volume_ml"),
                          (po + "template_ct", "preproc_template"), (po + "transform", "transform"),
                          (po + "similarity", "similarity")]),

@@ -1,0 +1,58 @@
+"""Per-scan uncertainty of the segmentation from the test-time passes (pure numpy).
+
+Measures (the ``Uncertainty`` record of the hemorrhage sidecar):
+
+* ``UncertainVolume``: volume (mL, native grid) where the averaged probability
+  lies in ``band`` (0.2-0.8): voxels that could go either way. Available with
+  every ``--tta`` mode, also a single pass.
+* ``PassVolumes``: the hemorrhage volume of each pass (mL, template grid, mask
+  probability >= threshold); ``PassDice``: the smallest Dice between the
+  averaged mask and a pass's mask (1 with a single pass).
+* ``VolumeInterval``: the reported (native) volume shifted by the lowest and
+  highest pass volume relative to the averaged mask's template-grid volume:
+  [V + min_k(v_k - v), V + max_k(v_k - v)]; its width is ``VolumeSpread``.
+
+The ``uncertain`` QC flag (deepbleed_bids.qc) fires when ``UncertainVolume``
+exceeds ``max_uncertain_ml`` or ``VolumeSpread`` exceeds ``max_volume_spread_ml``.
+"""
+import numpy as np
+
+BAND = (0.2, 0.8)
+
+
+def dice(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum()) + int(b.sum())
+    return float(2 * np.count_nonzero(a & b) / total) if total else 1.0
+
+
+def uncertain_volume(prob, voxel_ml, band=BAND):
+    """Volume (mL) of voxels whose probability lies within ``band`` (inclusive)."""
+    prob = np.asarray(prob)
+    return float(np.count_nonzero((prob >= band[0]) & (prob <= band[1])) * voxel_ml)
+
+
+def pass_agreement(passes, voxel_ml, threshold=0.5):
+    """Agreement between test-time passes (template grid): volumes and Dice with their mean's mask."""
+    passes = [np.asarray(p, np.float32) for p in passes]
+    mean = np.mean(passes, axis=0) if len(passes) > 1 else passes[0]
+    mean_mask = mean >= threshold
+    volumes = [float(np.count_nonzero(p >= threshold) * voxel_ml) for p in passes]
+    dices = [dice(p >= threshold, mean_mask) for p in passes]
+    return {"Passes": len(passes), "PassVolumes": [round(v, 3) for v in volumes],
+            "MeanMaskVolume": round(float(np.count_nonzero(mean_mask) * voxel_ml), 3),
+            "PassDice": round(min(dices), 4)}
+
+
+def summarise(agreement, native_volume_ml, native_prob, native_voxel_ml, band=BAND):
+    """The sidecar's ``Uncertainty`` record from the pass agreement and the native probability."""
+    base = agreement["MeanMaskVolume"]
+    lo = native_volume_ml + min(v - base for v in agreement["PassVolumes"])
+    hi = native_volume_ml + max(v - base for v in agreement["PassVolumes"])
+    lo, hi = max(0.0, min(lo, native_volume_ml)), max(hi, native_volume_ml)
+    return {**agreement,
+            "UncertainVolume": round(uncertain_volume(native_prob, native_voxel_ml, band), 3),
+            "UncertainBand": list(band),
+            "VolumeInterval": [round(lo, 3), round(hi, 3)],
+            "VolumeSpread": round(hi - lo, 3),
+            "Units": "mL"}

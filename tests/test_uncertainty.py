@@ -1,0 +1,126 @@
+"""Test-time augmentation, the per-scan uncertainty record and the ``uncertain`` QC flag."""
+import numpy as np
+import pytest
+
+from deepbleed_bids import qc as QC
+from deepbleed_bids.model.predict import has_dropout, predict_passes, predict_volume, resolve_tta
+from deepbleed_bids.uncertainty import pass_agreement, summarise, uncertain_volume
+
+
+def test_tta_default_is_flip_on_gpu_none_on_cpu():
+    assert resolve_tta("auto", "/GPU:0") == "flip"
+    assert resolve_tta("auto", "/CPU:0") == "none"
+    assert resolve_tta("flip+mc", "/CPU:0") == "flip+mc"
+    with pytest.raises(ValueError, match="tta must be one of"):
+        resolve_tta("mirror")
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from deepbleed_bids.model.vnet import build_vnet
+
+    shape = (16, 16, 16, 1)
+    return build_vnet(width=2, input_shape=shape, dropout=0.0), build_vnet(width=2, input_shape=shape, dropout=0.3)
+
+
+def test_flip_pass_is_the_mirrored_prediction(tiny_models):
+    model, _ = tiny_models
+    rng = np.random.default_rng(0)
+    volume = rng.uniform(0, 80, (16, 16, 16)).astype(np.float32)
+    passes, info = predict_passes(model, volume, "flip")
+    assert info["Passes"] == ["identity", "flip"] and info["TTA"] == "flip"
+    np.testing.assert_allclose(passes[0], predict_volume(model, volume), atol=1e-6)
+    mirrored = np.flip(predict_volume(model, np.flip(volume, 0).copy()), 0)
+    np.testing.assert_allclose(passes[1], mirrored, atol=1e-6)
+    # an asymmetric input: the two passes are different views, not a copy
+    assert not np.allclose(passes[0], passes[1])
+
+
+def test_monte_carlo_dropout_only_where_the_model_has_dropout(tiny_models):
+    plain, dropout = tiny_models
+    volume = np.random.default_rng(1).uniform(0, 80, (16, 16, 16)).astype(np.float32)
+    assert not has_dropout(plain) and has_dropout(dropout)
+    passes, info = predict_passes(plain, volume, "flip+mc")
+    assert len(passes) == 2 and "no dropout" in info["Notes"][0]
+    passes, info = predict_passes(dropout, volume, "flip+mc", mc_passes=2)
+    assert len(passes) == 2 + 2 * 2 and info["Passes"][2:] == ["mc1", "mc1-flip", "mc2", "mc2-flip"]
+    assert not np.allclose(passes[2], passes[4])  # dropout is live: two MC passes differ
+    assert predict_passes(dropout, volume, "none")[1]["Passes"] == ["identity"]
+
+
+def test_dropout_twin_of_the_demo_model_shares_its_weights():
+    from deepbleed_bids.model.predict import dropout_twin
+    from deepbleed_bids.model.zoo import load_model, resolve_model
+
+    spec = resolve_model("synthetic-demo")
+    model = load_model(spec, input_shape=(32, 32, 32, 1))
+    assert not has_dropout(model)  # inference models carry no dropout layers
+    twin = dropout_twin(model, spec)
+    assert has_dropout(twin)
+    volume = np.random.default_rng(2).uniform(0, 80, (32, 32, 32)).astype(np.float32)
+    # dropout off: the twin is the same network
+    np.testing.assert_allclose(predict_volume(twin, volume), predict_volume(model, volume), atol=1e-5)
+    passes, info = predict_passes(model, volume, "flip+mc", mc_passes=1, mc_model=twin)
+    assert info["Passes"] == ["identity", "flip", "mc1", "mc1-flip"] and not info["Notes"]
+    assert not np.allclose(passes[0], passes[2])
+
+
+def test_uncertainty_record_interval_and_band():
+    a = np.zeros((10, 10, 10), np.float32)
+    a[2:6, 2:6, 2:6] = 0.9  # 64 voxels
+    b = a.copy()
+    b[6:8, 2:6, 2:6] = 0.7  # the second pass sees 32 more voxels
+    agreement = pass_agreement([a, b], voxel_ml=0.1)
+    assert agreement["PassVolumes"] == [6.4, 9.6]
+    assert agreement["MeanMaskVolume"] == 6.4  # mean 0.35 on the extra voxels: below 0.5
+    assert agreement["PassDice"] == pytest.approx(2 * 64 / (64 + 96), abs=1e-4)
+    native = np.zeros((20, 20, 20), np.float32)
+    native[:5, :5, :5] = 0.5  # 125 voxels in the 0.2-0.8 band
+    native[10:, 10:, 10:] = 0.95
+    rec = summarise(agreement, 12.0, native, 0.01)
+    assert rec["UncertainVolume"] == pytest.approx(1.25)
+    assert rec["VolumeInterval"] == [12.0, pytest.approx(15.2)] and rec["VolumeSpread"] == pytest.approx(3.2)
+    assert uncertain_volume(native, 1.0, (0.6, 0.99)) == 1000.0
+
+
+def _metrics(**extra):
+    base = {"BrainVolume": 1400.0, "BrainEdgeArea": 0.0, "BrainInferiorEdgeArea": 0.0, "BrainExtentSI": 150.0,
+            "HemorrhageEdgeArea": 0.0, "SkullContactArea": 0.0, "HemorrhageOutsideBrain": 0.0,
+            "HemorrhageVolume": 20.0, "HyperdensityVolume": 20.0}
+    return {**base, **extra}
+
+
+def test_uncertain_flag_and_its_thresholds():
+    assert "uncertain" not in QC.flags(_metrics(UncertainVolume=1.0, VolumeSpread=0.5))
+    assert "uncertain" not in QC.flags(_metrics())  # older sidecars without the measures
+    fired = QC.flags(_metrics(UncertainVolume=15.0))  # > 3 mL and > 0.6 x 20 mL
+    assert "probability 0.2-0.8" in fired["uncertain"]
+    # a large clear clot has mL of 0.2-0.8 band along its edge: not unsure
+    assert "uncertain" not in QC.flags(_metrics(UncertainVolume=6.0))
+    # a miss: uncertain blood and almost no mask
+    assert "uncertain" in QC.flags(_metrics(UncertainVolume=3.5, HemorrhageVolume=0.0))
+    spread = QC.flags(_metrics(UncertainVolume=0.0, VolumeSpread=QC.THRESHOLDS["max_volume_spread_ml"] + 1))
+    assert "passes disagree" in spread["uncertain"]
+    # the threshold is a --qc-thresholds key, re-applied at the group level
+    QC.check_thresholds({"max_uncertain_ml": 10.0})
+    assert "uncertain" not in QC.flags(_metrics(UncertainVolume=5.0, HemorrhageVolume=2.0),
+                                       {"max_uncertain_ml": 10.0})
+    assert "uncertain" in QC.flags(_metrics(UncertainVolume=5.0, HemorrhageVolume=2.0), {"max_uncertain_ml": 4.0})
+    assert "uncertain" in QC.flags(_metrics(UncertainVolume=6.0), {"max_uncertain_ratio": 0.2})
+
+
+def test_quality_records_uncertainty_measures():
+    hu = np.full((40, 40, 40), 30.0, np.float32)
+    brain = np.zeros(hu.shape, bool)
+    brain[5:35, 5:35, 5:35] = True
+    bleed = np.zeros(hu.shape, bool)
+    bleed[15:20, 15:20, 15:20] = True
+    hu[bleed] = 70
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    one = QC.quality(hu, brain, bleed, affine, uncertainty={"Passes": 1, "UncertainVolume": 9.0,
+                                                            "VolumeSpread": 0.0, "PassDice": 1.0})
+    assert one["Metrics"]["UncertainVolume"] == 9.0 and one["Metrics"]["VolumeSpread"] is None
+    assert "uncertain" in one["Flags"]
+    two = QC.quality(hu, brain, bleed, affine, uncertainty={"Passes": 2, "UncertainVolume": 0.1,
+                                                            "VolumeSpread": 0.2, "PassDice": 0.97})
+    assert two["Metrics"]["PassDice"] == 0.97 and "uncertain" not in two["Flags"]

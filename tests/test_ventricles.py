@@ -1,0 +1,102 @@
+"""The atlas on the template grid, the ventricle map and the IVH / parenchymal split on the real head."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepbleed_bids import atlas as A
+from deepbleed_bids import synth
+from deepbleed_bids import ventricles as V
+
+
+def test_packaged_atlas_is_on_the_template_grid_with_license(template_path):
+    img = A.atlas_image()
+    tpl = nib.load(str(template_path))
+    assert img.shape == tpl.shape and np.allclose(img.affine, tpl.affine)
+    labels = A.atlas_labels()
+    assert len(labels) == 31 and labels[A.VENTRICLE_LABEL] == "Ventricle"
+    data = np.asanyarray(img.dataobj)
+    assert set(np.unique(data)) <= set(range(32))
+    assert not data[np.asanyarray(tpl.dataobj) == 0].any()  # restricted to the template brain
+    assert "Apache License" in (A.ATLAS_DIR / "LICENSE-BLAST-CT.txt").read_text()
+    record = json.loads(A.ATLAS_FILE.with_name(A.ATLAS_FILE.name.replace(".nii.gz", ".json")).read_text())
+    assert record["Checks"]["BrainDice"] > 0.95
+    # the ventricle label lies on the template's own dark ventricles (checked when it was built)
+    dark = A.template_ventricles(np.asanyarray(tpl.dataobj).astype(np.float32))
+    assert A.dice(A.ventricle_prior(img), dark) > 0.7
+
+
+@pytest.fixture(scope="module")
+def registered(head_and_brain, template_path, tmp_path_factory):
+    from deepbleed_bids.ct import clamp_hu
+    from deepbleed_bids.nifti import like
+    from deepbleed_bids.registration import register_rigid
+
+    img, brain = head_and_brain
+    hu = clamp_hu(np.asanyarray(img.dataobj))
+    tpl = nib.load(str(template_path))
+    reg = register_rigid(like(np.where(brain, hu, 0), img, dtype=np.int16), tpl,
+                         str(tmp_path_factory.mktemp("vent") / "reg_"))
+    return img, brain, tpl, reg["transform"]
+
+
+def test_carry_labels_keeps_the_scan_geometry(registered):
+    img, brain, tpl, xfm = registered
+    native = A.carry_labels(A.atlas_image(), img, xfm)
+    assert native.shape == img.shape and np.array_equal(native.affine, img.affine)
+    assert np.array_equal(native.header.get_qform(), img.header.get_qform())
+    labels = np.asanyarray(native.dataobj)
+    assert set(np.unique(labels)) <= set(range(32))  # labels stay labels (no blending)
+    vml = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    # a rigid transform keeps volumes: the ventricle label keeps its template volume
+    vent_ml = (labels == A.VENTRICLE_LABEL).sum() * vml
+    prior_ml = A.ventricle_prior().sum() * 1.5 ** 3 / 1000
+    assert vent_ml == pytest.approx(prior_ml, rel=0.1)
+    assert brain[labels > 0].mean() > 0.7  # the atlas lands on this scan's brain (28 tilted slices: partly cut)
+    assert brain[labels == A.VENTRICLE_LABEL].mean() > 0.9
+
+
+@pytest.mark.parametrize("kind,volume,seed", [("extension", 20.0, 3), ("cast", 8.0, 5)])
+def test_split_of_a_synthetic_clot_with_known_ivh(registered, kind, volume, seed):
+    from deepbleed_bids.nifti import like
+    from deepbleed_bids.registration import to_template
+
+    img, brain, tpl, xfm = registered
+    case, mask, ivh, info = synth.insert_ventricular_hematoma(img, brain, volume, np.random.default_rng(seed),
+                                                              kind=kind)
+    vml = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    assert info["intraventricular_ml"] == pytest.approx(ivh.sum() * vml)
+    assert info["intraventricular_ml"] + info["parenchymal_ml"] == pytest.approx(info["volume_ml"])
+    assert info["intraventricular_ml"] > 0.5 and info["parenchymal_ml"] > 0.1  # both parts present
+    hu = np.asanyarray(case.dataobj).astype(np.float32)
+    scan_t = to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm)
+    prob_t = np.asanyarray(to_template(like(mask.astype(np.float32), img, dtype=np.float32), tpl, xfm,
+                                       "linear").dataobj)
+    dseg, vent, split = V.split_hemorrhage(scan_t, prob_t, img, xfm, hu, brain, mask)
+    assert dseg.shape == img.shape and set(np.unique(dseg)) <= {0, 1, 2}
+    assert np.array_equal(dseg > 0, mask)  # a partition of the hemorrhage mask
+    assert split["IntraventricularVolume"] + split["ParenchymalVolume"] == pytest.approx(mask.sum() * vml, abs=1e-3)
+    assert split["Estimate"] is True
+    error = abs(split["IntraventricularVolume"] - info["intraventricular_ml"])
+    print(f"{kind}: IVH {split['IntraventricularVolume']:.2f} mL vs true {info['intraventricular_ml']:.2f} mL")
+    assert error <= max(2.0, 0.15 * info["intraventricular_ml"])
+    # the ventricle map is where the scan shows CSF or blood, not parenchyma
+    assert 10 < vent.sum() * vml < 150
+
+
+def test_split_labels_and_tsv():
+    from deepbleed_bids.derivatives import dseg_tsv, plan_outputs
+
+    hem = np.zeros((4, 4, 4), bool)
+    hem[:2] = True
+    vent = np.zeros_like(hem)
+    vent[1:3] = True
+    d = V.split(hem, vent)
+    assert (d[0] == 1).all() and (d[1] == 2).all() and (d[2:] == 0).all()
+    assert V.split_volumes(d, 0.5) == {"IntraventricularVolume": 8.0, "ParenchymalVolume": 8.0}
+    rows = [line.split("\t") for line in dseg_tsv().splitlines()]
+    assert rows[0] == ["index", "name", "description"]
+    assert [r[:2] for r in rows[1:]] == [["1", "ICH"], ["2", "IVH"]] and "estimate" in rows[2][2]
+    path = plan_outputs("/out", "sub-01/ses-1/ct/sub-01_ses-1_acq-soft_ct.nii.gz")["hemorrhage_dseg"]
+    assert str(path) == "/out/sub-01/ses-1/ct/sub-01_ses-1_acq-soft_desc-hemorrhage_dseg.nii.gz"
