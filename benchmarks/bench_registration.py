@@ -89,6 +89,7 @@ def run(n_cases, seed, threads=1, out=None, verbose=True):
     from deepbleed_bids.ct import clamp_hu
     from deepbleed_bids.qc import registration_flag
     from deepbleed_bids.testing import convert_ge_head, shared_data_dir
+    from deepbleed_bids.utils import write_tsv_atomic
 
     data_dir = shared_data_dir()
     if data_dir is None:
@@ -130,11 +131,9 @@ def run(n_cases, seed, threads=1, out=None, verbose=True):
                           f"{wall:5.1f} s wall {cpu:5.1f} s CPU  rot {info['rotation_deg']} "
                           f"slice {info['slice_mm'] or 0:.1f} tilt {info['tilt_deg']:.0f} "
                           f"keep {info['keep']} ICH {info['hematoma_ml']:.0f} mL", flush=True)
+            if out:  # after every case: a long run interrupted keeps what it measured
+                write_tsv_atomic(pd.DataFrame(rows), out)
     df = pd.DataFrame(rows)
-    if out:
-        from deepbleed_bids.utils import write_tsv_atomic
-
-        write_tsv_atomic(df, out)
     return df, summarize(df)
 
 
@@ -167,8 +166,14 @@ def main(argv=None):
     parser.add_argument("--cases", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="ITK threads of the ANTs stage")
-    parser.add_argument("--out", help="per-case TSV")
+    parser.add_argument("--out", help="per-case TSV (rewritten after every case)")
+    parser.add_argument("--summarize", metavar="TSV", help="only print the table of a per-case TSV")
     args = parser.parse_args(argv)
+    if args.summarize:
+        import pandas as pd
+
+        print(markdown(summarize(pd.read_csv(args.summarize, sep="\t"))))
+        return
     print(f"CPU: {cpu_model()} ({__import__('os').cpu_count()} logical cores); "
           f"cases {args.cases}, seed {args.seed}, ITK threads {args.threads}", flush=True)
     _, summary = run(args.cases, args.seed, args.threads, args.out)
