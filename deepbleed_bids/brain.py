@@ -178,25 +178,31 @@ def _bbox(mask):
     return [w[0] for w in where], [w[-1] for w in where]
 
 
-STRIPPED_OPEN_MM = 2.0     # cuts thin bridges between the brain and any soft tissue left outside
+STRIPPED_BRAIN_ONLY = 0.9   # share of the foreground within 0-100 HU of a brain-only image
+PSEUDO_BONE_HU, PSEUDO_AIR_HU = 1000.0, -1000.0
 
 
 def mask_from_background(data, affine):
-    """Brain mask of an already brain-extracted or windowed CT: its non-background voxels.
+    """Brain mask of an already brain-extracted or windowed CT (background: its commonest value).
 
-    The background is the most common value (0, -1024, ...). Windowed scans may
-    keep scalp and muscle, separated from the brain by the blanked skull: a light
-    opening and the largest component keep the brain; holes (ventricles set to
-    the background value by some tools) are filled.
+    Brain only (nearly all of the rest within 0-100 HU): the non-background
+    voxels, largest component, holes filled. Windowed (bone and air set to the
+    background, scalp and muscle kept): background enclosed by tissue in an axial
+    section is where bone was; it is given back as bone, the rest as air, and
+    the normal extraction runs.
     """
     data = np.asarray(data)
     affine = np.asarray(affine, float)
     values, counts = np.unique(data[::2, ::2, ::2], return_counts=True)
-    foreground = data != values[np.argmax(counts)]
-    zooms = voxel_sizes(affine)
-    core = _largest_component(_erode(foreground, STRIPPED_OPEN_MM, zooms))
-    if not core.any():
-        raise InputError("the skull-stripped CT has no foreground thicker than "
-                         f"{2 * STRIPPED_OPEN_MM:g} mm: no brain to segment.")
-    mask = _dilate(core, STRIPPED_OPEN_MM, zooms) & foreground
-    return _fill_holes(_largest_component(mask))
+    background = data == values[np.argmax(counts)]
+    fg = data[~background]
+    if fg.size and np.mean((fg >= TISSUE_HU[0]) & (fg <= TISSUE_HU[1])) < STRIPPED_BRAIN_ONLY:
+        axial = int(np.argmax(np.abs(affine[2, :3]) / voxel_sizes(affine)))
+        # in an axial section the blanked skull is a ring enclosed by scalp
+        enclosed = background & _fill_holes(~background, axial)
+        hu = np.where(background, np.where(enclosed, PSEUDO_BONE_HU, PSEUDO_AIR_HU), data)
+        return extract_brain(hu, affine)
+    mask = _fill_holes(_largest_component(~background))
+    if not mask.any():
+        raise InputError("the skull-stripped CT has no foreground: no brain to segment.")
+    return mask
