@@ -60,16 +60,21 @@ def error_mm(found_lps, true_lps, points):
     return float(np.linalg.norm((found_lps @ points - true_lps @ points)[:3], axis=0).mean())
 
 
-def register_case(img, template, method, tmp, threads=1):
-    """Brain-extract ``img`` as the pipeline does, register; (LPS map, result, seconds)."""
-    from deepbleed_bids import registration as reg
+def brain_of(img):
+    """The case's brain as the pipeline makes it: clamp, native extraction, 0 outside."""
     from deepbleed_bids.brain import extract_brain
     from deepbleed_bids.ct import clamp_hu
-    from deepbleed_bids.qc import template_overlap
 
     data = clamp_hu(np.asanyarray(img.dataobj))
     mask = extract_brain(data, img.affine)
-    brain = nib.Nifti1Image(np.where(mask, data, 0).astype(np.int16), img.affine)
+    return nib.Nifti1Image(np.where(mask, data, 0).astype(np.int16), img.affine)
+
+
+def register_case(brain, template, method, tmp, threads=1):
+    """Register a brain-extracted case; (LPS map, result, (wall, CPU) seconds)."""
+    from deepbleed_bids import registration as reg
+    from deepbleed_bids.qc import template_overlap
+
     wall, cpu = time.perf_counter(), _cpu()
     res = reg.register_rigid(brain, template, str(Path(tmp, f"{method}_")),
                              threads=threads, search=METHODS[method])
@@ -103,15 +108,17 @@ def run(n_cases, seed, threads=1, out=None, verbose=True):
         src = nib.load(nii)
         head = nib.Nifti1Image(clamp_hu(np.asanyarray(src.dataobj)).astype(np.int16), src.affine, src.header)
         brain = extract_brain(np.asanyarray(head.dataobj), head.affine)
-        reference = {m: register_case(head, template, m, tmp, threads)[0] for m in METHODS}
+        head_brain = brain_of(head)
+        reference = {m: register_case(head_brain, template, m, tmp, threads)[0] for m in METHODS}
         rng = np.random.default_rng(seed)
         for i in range(n_cases):
             t0 = time.perf_counter()
             case, info = synth.registration_case(head, brain, rng)
             gen_s = time.perf_counter() - t0
             motion = LPS @ np.asarray(info["motion"]) @ LPS
+            case_brain = brain_of(case)
             for method in METHODS:
-                found, res, (wall, cpu) = register_case(case, template, method, tmp, threads)
+                found, res, (wall, cpu) = register_case(case_brain, template, method, tmp, threads)
                 err = error_mm(found, motion @ reference[method], points)
                 flag = registration_flag(res["similarity"], res["template_overlap"])
                 search = res["params"].get("global_search") or {}

@@ -72,8 +72,9 @@ def extract_brain(data, affine):
         hu[np.isnan(hu)] = HU_MIN
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
 
-    cshape = tuple(n if z >= COARSE_MM else max(3, int(round((n - 1) * z / COARSE_MM)) + 1)
-                   for n, z in zip(hu.shape, zooms))
+    # Thick slices are interpolated to the coarse grid too: eroding by OPEN_MM across
+    # 5-7 mm slices would cut off lobes only two or three slices thick.
+    cshape = tuple(max(3, int(round((n - 1) * z / COARSE_MM)) + 1) for n, z in zip(hu.shape, zooms))
     step = np.array([(n - 1) / (m - 1) for n, m in zip(hu.shape, cshape)])
     czooms = zooms * step
     # Max-pool before sampling so thin bone keeps the skull sections closed.
