@@ -323,3 +323,46 @@ def test_runtime(registered):
     for step in ("to_template", "to_native"):
         if step in TIMES:
             assert TIMES[step][1] < 5
+
+
+# ------------------------------------------------------------------ global search (issue 10)
+
+
+def test_global_search_result_is_recorded(registered):
+    from deepbleed_bids.derivatives import _registration_fields
+
+    search = registered["params"]["global_search"]
+    assert search["candidates"] == len(reg.SEARCH_ANGLES_DEG) ** 3 + 1
+    assert search["start"].startswith(("grid(", "principal-axes"))
+    assert -1.0 <= search["grid_score"] <= search["score"] <= 1.0
+    fields = _registration_fields(registered["params"])
+    assert fields["RegistrationStart"] == search["start"]
+    assert fields["RegistrationStartScore"] == search["score"]
+
+
+def test_search_recovers_a_hard_case(head, brain_mask, template, registered, tmp_path):
+    """The small version of benchmarks/bench_registration.py: one generated case (a large
+    pose, thick tilted slices, a hematoma with mass effect, noise) with known truth."""
+    from deepbleed_bids import synth
+    from deepbleed_bids.brain import extract_brain
+    from deepbleed_bids.ct import clamp_hu
+
+    clamped = nib.Nifti1Image(clamp_hu(np.asanyarray(head.dataobj)).astype(np.int16), head.affine,
+                              head.header)
+    case, info = synth.registration_case(clamped, brain_mask, np.random.default_rng(HARD_SEED),
+                                         p_hematoma=1.0, p_thick=1.0, p_tilt=1.0, p_partial=0.0)
+    assert max(abs(a) for a in info["rotation_deg"]) > 20 and info["hematoma_ml"] >= 20
+    assert info["slice_mm"] >= 5 and abs(info["tilt_deg"]) >= 10 and info["mass_effect_mm"] > 5
+    data = np.asanyarray(case.dataobj)
+    mask = extract_brain(data, case.affine)
+    brain = nib.Nifti1Image(np.where(mask, data, 0).astype(np.int16), case.affine)
+    found = reg.register_rigid(brain, template, str(tmp_path / "case_"))
+    truth = LPS @ np.asarray(info["motion"]) @ LPS @ reg._matrix(registered["transform"])
+    mean, worst = _disp_mm(reg._matrix(found["transform"]), truth, template)
+    print(f"hard case {info['rotation_deg']} deg, {info['slice_mm']:.1f} mm slices, tilt "
+          f"{info['tilt_deg']:.0f}, {info['hematoma_ml']:.0f} mL: error {mean:.2f} mm (max {worst:.2f}), "
+          f"start {found['params']['global_search']['start']}")
+    assert mean <= 2.0
+
+
+HARD_SEED = 3
