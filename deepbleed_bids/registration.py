@@ -18,10 +18,17 @@ on the real GE head (tests/test_registration.py):
   levels of 6, 3 and 1.5 mm with smoothing in mm (native voxels are
   0.5 x 0.5 x 2.6 mm: voxel units smooth 5x more across slices), and a
   10-iteration full-resolution polish as in DeepBleed.
-* Start pose from the principal axes of the two brain masks, applied by
-  re-posing the moving header, so ANTs sees the same input whatever the
-  header pose. Started from the centres of mass, these settings put the same
-  head, moved 8-15 deg / 10-13 mm, 2-4 mm apart; now the transforms agree.
+* Global start search before ANTs (issue 10: a real scan with a large deep
+  hematoma converged to a 24 deg roll from a single start): 125 rotations
+  (-40..40 deg in 20 deg steps about each axis) and the principal-axes pose,
+  all about the brain centres of mass, scored on a 6 mm template grid by the
+  Pearson r of HU (ANTs' GC similarity; points outside the scanned field of
+  view do not count), the 4 best distinct starts refined with Powell, the
+  best kept. Pure numpy in this process: the same start whatever the thread
+  count. The start is applied by re-posing the moving header, so ANTs sees the
+  same input whatever the header pose; ANTs then only needs the 3 mm and
+  1.5 mm levels. ``search=False`` gives the former single start (principal
+  axes, 6-3-1.5 mm levels) for benchmarks/bench_registration.py.
 
 The MI optimum is flat: seeds or thread counts move the result by 0.5-1 mm,
 other reasonable settings (DenseRigid included) by 1-3 mm.
@@ -383,6 +390,8 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
     of the two brain masks. The same input, seed and threads=1 give the same
     transform; threads > 1 is faster but not reproducible (ITK sums MI over
     threads in varying order: ~0.5 mm on the GE head).
+    search: run the global start search (params["global_search"]: the winning
+    start, its score and the search time); False: the single principal-axes start.
     """
     check_affine(moving)
     check_template_grid(template)

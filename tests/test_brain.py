@@ -370,3 +370,13 @@ def test_thick_slices_run_and_keep_most_of_the_brain(thick_ratios):
                                        "(brain lost at the skull base in thick slices)")
 def test_thick_slices_keep_brain_volume_within_5_percent(thick_ratios):
     assert all(abs(r - 1.0) <= 0.05 for r in thick_ratios.values())
+
+
+def test_skull_stripped_flag_reaches_the_config(tmp_path):
+    from deepbleed_bids.cli.parser import build_parser
+    from deepbleed_bids.cli.run import config_from_args
+
+    args = ["bids", str(tmp_path / "out"), "participant"]
+    assert not config_from_args(build_parser().parse_args(args)).skull_stripped
+    config = config_from_args(build_parser().parse_args(args + ["--skull-stripped"]))
+    assert config.skull_stripped and config.parameters()["skull_stripped"]
