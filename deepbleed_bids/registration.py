@@ -20,8 +20,8 @@ on the real GE head (tests/test_registration.py):
   10-iteration full-resolution polish as in DeepBleed.
 * Global start search before ANTs (issue 10: a real scan with a large deep
   hematoma converged to a 24 deg roll from a single start): 125 rotations
-  (-40..40 deg in 20 deg steps about each axis) and the principal-axes pose,
-  all about the brain centres of mass, scored on a 6 mm template grid by the
+  (-40..40 deg in 20 deg steps about each axis) around the principal-axes pose
+  (so the search moves with the scan: pose invariance), about the brain centres of mass, scored on a 6 mm template grid by the
   Pearson r of HU (ANTs' GC similarity; points outside the scanned field of
   view do not count), the 4 best distinct starts refined with Powell, the
   best kept. Pure numpy in this process: the same start whatever the thread
@@ -324,11 +324,14 @@ class _Search:
         return float(np.sum(f * m) / norm) if norm > 0 else -1.0
 
     def pose(self, rot0, params):
-        return _ras_pose(_rotation(params[:3]) @ rot0, params[3:],
+        return _ras_pose(rot0 @ _rotation(params[:3]), rot0 @ params[3:],
                          self.fixed_centre, self.moving_centre)
 
     def refine(self, rot0):
-        """Local Powell search (rotation vector in deg, shift in mm) from a start rotation."""
+        """Local Powell search (rotation vector in deg, shift in mm) from a start rotation.
+
+        The rotation vector acts in the fixed (template) frame, so the search is
+        the same whatever the scan's pose."""
         from scipy.optimize import minimize
 
         res = minimize(lambda p: -self.score(self.pose(rot0, p)), np.zeros(6), method="Powell",
@@ -336,11 +339,15 @@ class _Search:
         return self.pose(rot0, res.x), -float(res.fun)
 
     def run(self, axes_rot=None):
-        """Best start: {"pose" (RAS fixed->moving), "start", "score", "grid_score", "candidates"}."""
-        starts = [(f"grid({a:+.0f},{b:+.0f},{c:+.0f})", _grid_rotation((a, b, c)))
+        """Best start: {"pose" (RAS fixed->moving), "start", "score", "grid_score", "candidates"}.
+
+        The grid is laid around the principal-axes pose (``axes_rot``, fixed->moving):
+        a scan moved in world space moves its principal axes with it, so the
+        candidates, their scores and the winner move with the scan (pose invariance).
+        """
+        axes_rot = np.eye(3) if axes_rot is None else axes_rot
+        starts = [(f"axes+({a:+.0f},{b:+.0f},{c:+.0f})", axes_rot @ _grid_rotation((a, b, c)))
                   for a, b, c in itertools.product(SEARCH_ANGLES_DEG, repeat=3)]
-        if axes_rot is not None:
-            starts.append(("principal-axes", axes_rot))
         scored = sorted(((self.score(_ras_pose(r, 0, self.fixed_centre, self.moving_centre)), i)
                          for i, (_, r) in enumerate(starts)), key=lambda t: (-t[0], t[1]))
         chosen = []

@@ -332,8 +332,8 @@ def test_global_search_result_is_recorded(registered):
     from deepbleed_bids.derivatives import _registration_fields
 
     search = registered["params"]["global_search"]
-    assert search["candidates"] == len(reg.SEARCH_ANGLES_DEG) ** 3 + 1
-    assert search["start"].startswith(("grid(", "principal-axes"))
+    assert search["candidates"] == len(reg.SEARCH_ANGLES_DEG) ** 3
+    assert search["start"].startswith("axes+(")
     assert -1.0 <= search["grid_score"] <= search["score"] <= 1.0
     fields = _registration_fields(registered["params"])
     assert fields["RegistrationStart"] == search["start"]
