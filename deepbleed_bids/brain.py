@@ -72,8 +72,9 @@ def extract_brain(data, affine):
         hu[np.isnan(hu)] = HU_MIN
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
 
-    cshape = tuple(n if z >= COARSE_MM else max(3, int(round((n - 1) * z / COARSE_MM)) + 1)
-                   for n, z in zip(hu.shape, zooms))
+    # Thick slices are interpolated to the coarse grid too: eroding by OPEN_MM across
+    # 5-7 mm slices would cut off lobes only two or three slices thick.
+    cshape = tuple(max(3, int(round((n - 1) * z / COARSE_MM)) + 1) for n, z in zip(hu.shape, zooms))
     step = np.array([(n - 1) / (m - 1) for n, m in zip(hu.shape, cshape)])
     czooms = zooms * step
     # Max-pool before sampling so thin bone keeps the skull sections closed.
@@ -176,3 +177,33 @@ def _bbox(mask):
     where = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
              for a in range(3)]
     return [w[0] for w in where], [w[-1] for w in where]
+
+
+STRIPPED_BRAIN_ONLY = 0.9   # share of the foreground within 0-100 HU of a brain-only image
+PSEUDO_BONE_HU, PSEUDO_AIR_HU = 1000.0, -1000.0
+
+
+def mask_from_background(data, affine):
+    """Brain mask of an already brain-extracted or windowed CT (background: its commonest value).
+
+    Brain only (nearly all of the rest within 0-100 HU): the non-background
+    voxels, largest component, holes filled. Windowed (bone and air set to the
+    background, scalp and muscle kept): background enclosed by tissue in an axial
+    section is where bone was; it is given back as bone, the rest as air, and
+    the normal extraction runs.
+    """
+    data = np.asarray(data)
+    affine = np.asarray(affine, float)
+    values, counts = np.unique(data[::2, ::2, ::2], return_counts=True)
+    background = data == values[np.argmax(counts)]
+    fg = data[~background]
+    if fg.size and np.mean((fg >= TISSUE_HU[0]) & (fg <= TISSUE_HU[1])) < STRIPPED_BRAIN_ONLY:
+        axial = int(np.argmax(np.abs(affine[2, :3]) / voxel_sizes(affine)))
+        # in an axial section the blanked skull is a ring enclosed by scalp
+        enclosed = background & _fill_holes(~background, axial)
+        hu = np.where(background, np.where(enclosed, PSEUDO_BONE_HU, PSEUDO_AIR_HU), data)
+        return extract_brain(hu, affine)
+    mask = _fill_holes(_largest_component(~background))
+    if not mask.any():
+        raise InputError("the skull-stripped CT has no foreground: no brain to segment.")
+    return mask

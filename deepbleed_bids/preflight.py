@@ -28,23 +28,26 @@ def check_name(relpath):
                          f"and digits, e.g. {fixed!r}); rename the file (and its .json sidecar) and run again.")
 
 
-def check_image(source):
-    """Read and check one source image; InputError says what is wrong."""
+def check_image(source, skull_stripped=False):
+    """Read and check one source image; InputError says what is wrong.
+
+    skull_stripped: the user's --skull-stripped (True), else detected (None)."""
     from .ct import check_hounsfield, read_ct
     from .registration import check_affine
 
     check_name(source["relpath"])
     img, data = read_ct(source["path"])
-    check_hounsfield(data, source["relpath"])
+    check_hounsfield(data, source["relpath"], skull_stripped=skull_stripped or None,
+                     zooms=img.header.get_zooms()[:3])
     check_affine(img, source["relpath"])
 
 
-def preflight(images):
+def preflight(images, skull_stripped=False):
     """Read and check every image before any processing; return (good, failures)."""
     good, failures = [], []
     for source in images:
         try:
-            check_image(source)
+            check_image(source, skull_stripped)
         except InputError as err:
             failures.append((source["relpath"], str(err)))
         except Exception as err:  # noqa: BLE001 - anything else is still this image's problem

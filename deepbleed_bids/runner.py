@@ -170,7 +170,7 @@ def _run_participant(config):
     images, skipped = select_series(images, config.kernels)
     for relpath, reason in skipped:
         log(f"skipping {relpath}: {reason}")
-    images, failures = preflight(images)
+    images, failures = preflight(images, config.skull_stripped)
     if not images:
         for relpath, reason in failures:
             log(f"FAILED {relpath}: {reason}")

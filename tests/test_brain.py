@@ -305,3 +305,78 @@ def test_unknown_method_raises():
 
     with pytest.raises(DeepBleedError, match="unknown brain extraction method 'bet'"):
         init_brain_extraction_wf(method="bet")
+
+
+# ---------------------------------------------- already skull-stripped or windowed CT (issue 10)
+
+
+def _dice_of(a, b):
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+@pytest.mark.parametrize("kind", ["brain-only", "windowed", "windowed-air-1024"])
+def test_skull_stripped_input_is_detected_and_masked(head_and_brain, kind):
+    from deepbleed_bids.brain import mask_from_background
+    from deepbleed_bids.ct import check_hounsfield, clamp_hu
+
+    img, brain = head_and_brain
+    hu = clamp_hu(np.asanyarray(img.dataobj))
+    if kind == "brain-only":
+        data = np.where(brain, hu, 0)
+    else:  # as a shared dataset thresholded to -66..320 HU: bone and air blanked
+        data = np.where((hu >= -66) & (hu <= 320), hu, 0 if kind == "windowed" else -1024)
+    stats = check_hounsfield(data, "x.nii.gz", zooms=img.header.get_zooms())
+    assert stats["skull_stripped"] and stats["skull_stripped_reason"].startswith("detected")
+    mask = mask_from_background(data, img.affine)
+    assert _dice_of(mask, brain) >= 0.99
+    assert brain_volume_ml(mask, img.affine) == pytest.approx(brain_volume_ml(brain, img.affine), rel=0.02)
+    # the full head is not taken for a skull-stripped one
+    assert not check_hounsfield(hu, "head.nii.gz", zooms=img.header.get_zooms())["skull_stripped"]
+
+
+def test_non_ct_is_refused_even_when_said_skull_stripped(head_and_brain):
+    from deepbleed_bids.ct import check_hounsfield
+
+    img, _ = head_and_brain
+    mri = np.abs(np.asanyarray(img.dataobj)).astype(np.int16) % 400  # arbitrary units, no HU
+    with pytest.raises(InputError, match="does not look like a head CT.*nor like an already"):
+        check_hounsfield(mri, "mri.nii.gz", zooms=img.header.get_zooms())
+    with pytest.raises(InputError, match="--skull-stripped"):
+        check_hounsfield(mri, "mri.nii.gz", skull_stripped=True, zooms=img.header.get_zooms())
+
+
+@pytest.fixture(scope="module")
+def thick_ratios(head_and_brain):
+    """Brain volume of the real head re-sliced to 5 and 7 mm, relative to the 2.6 mm original."""
+    from deepbleed_bids import synth
+
+    img, brain = head_and_brain
+    out = {}
+    for slice_mm in (5.0, 7.0):
+        thick, _ = synth.reslice(img, slice_mm=slice_mm)
+        assert thick.shape[2] >= 20 and thick.header.get_zooms()[2] == pytest.approx(slice_mm)
+        mask = extract_brain(np.asanyarray(thick.dataobj), thick.affine)
+        out[slice_mm] = brain_volume_ml(mask, thick.affine) / brain_volume_ml(brain, img.affine)
+    print("thick slices, brain volume / original:", out)
+    return out
+
+
+def test_thick_slices_run_and_keep_most_of_the_brain(thick_ratios):
+    # regression guard; measured 0.943 (5 mm) and 0.900 (7 mm)
+    assert all(0.88 <= r <= 1.05 for r in thick_ratios.values())
+
+
+@pytest.mark.xfail(strict=True, reason="issue 10 target not met yet: 0.943 at 5 mm, 0.900 at 7 mm "
+                                       "(brain lost at the skull base in thick slices)")
+def test_thick_slices_keep_brain_volume_within_5_percent(thick_ratios):
+    assert all(abs(r - 1.0) <= 0.05 for r in thick_ratios.values())
+
+
+def test_skull_stripped_flag_reaches_the_config(tmp_path):
+    from deepbleed_bids.cli.parser import build_parser
+    from deepbleed_bids.cli.run import config_from_args
+
+    args = ["bids", str(tmp_path / "out"), "participant"]
+    assert not config_from_args(build_parser().parse_args(args)).skull_stripped
+    config = config_from_args(build_parser().parse_args(args + ["--skull-stripped"]))
+    assert config.skull_stripped and config.parameters()["skull_stripped"]

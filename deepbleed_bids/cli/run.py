@@ -30,7 +30,7 @@ def config_from_args(args):
         mixed_precision=args.mixed_precision, model=args.model,
         precision=args.precision or ("fp16" if args.mixed_precision else "fp32"),
         template=str(args.template.absolute()) if args.template else "",
-        brain_extraction=args.brain_extraction,
+        brain_extraction=args.brain_extraction, skull_stripped=args.skull_stripped,
         mask_method=args.mask_method, threshold=args.threshold, kernels=args.kernels, seed=args.seed,
         tta=getattr(args, "tta", "auto"),
         verbose=args.verbose, group_by=list(args.group_by),
