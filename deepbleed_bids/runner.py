@@ -109,13 +109,13 @@ def _run_workflow(config, images):
     wf = init_deepbleed_wf(config, images)
 
     progress = L.attach(config, wf, images, ncfg)  # progress lines, graph, resource monitor
-    status = progress
+    callbacks = [progress]
     if plugin == "Linear":  # nodes run in this process: import what they need while it waits
-        warm = warm_imports_callback()
+        callbacks.append(warm_imports_callback())
 
-        def status(node, state):
-            progress(node, state)
-            warm(node, state)
+    def status(node, state):
+        for callback in callbacks:
+            callback(node, state)
 
     try:
         wf.run(plugin=plugin, plugin_args={**args, "status_callback": status})
