@@ -414,12 +414,14 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
     volume_ml = brain.sum() * np.prod(zooms) / 1000.0
     if volume_ml < 100:
         raise InputError(
-            f"moving image: only {volume_ml:.0f} mL of non-zero voxels; register_rigid expects a "
-            "brain-extracted head CT (HU inside the brain, 0 outside).")
+            f"registration: the brain extraction kept only {volume_ml:.0f} mL (a head CT's brain is "
+            "1000-2000 mL), so there is nothing to align to the template. Check that the image is a "
+            "whole head CT in HU; for already brain-extracted input use --skull-stripped.")
     if np.mean(data[brain] < -100) > 0.05:
         raise InputError(
-            "moving image: more than 5 % of the non-zero voxels are below -100 HU (air or padding); "
-            "register_rigid expects a brain-extracted head CT (0 outside the brain).")
+            "registration: more than 5 % of the extracted brain is below -100 HU (air or padding "
+            "left inside the brain mask); the brain extraction failed on this image. Check its HU "
+            "values, or extract the brain yourself and use --skull-stripped.")
 
     fixed = np.nan_to_num(np.asarray(template.dataobj, dtype=np.float32))
     fixed_brain = fixed != 0
