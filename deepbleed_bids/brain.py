@@ -176,3 +176,27 @@ def _bbox(mask):
     where = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
              for a in range(3)]
     return [w[0] for w in where], [w[-1] for w in where]
+
+
+STRIPPED_OPEN_MM = 2.0     # cuts thin bridges between the brain and any soft tissue left outside
+
+
+def mask_from_background(data, affine):
+    """Brain mask of an already brain-extracted or windowed CT: its non-background voxels.
+
+    The background is the most common value (0, -1024, ...). Windowed scans may
+    keep scalp and muscle, separated from the brain by the blanked skull: a light
+    opening and the largest component keep the brain; holes (ventricles set to
+    the background value by some tools) are filled.
+    """
+    data = np.asarray(data)
+    affine = np.asarray(affine, float)
+    values, counts = np.unique(data[::2, ::2, ::2], return_counts=True)
+    foreground = data != values[np.argmax(counts)]
+    zooms = voxel_sizes(affine)
+    core = _largest_component(_erode(foreground, STRIPPED_OPEN_MM, zooms))
+    if not core.any():
+        raise InputError("the skull-stripped CT has no foreground thicker than "
+                         f"{2 * STRIPPED_OPEN_MM:g} mm: no brain to segment.")
+    mask = _dilate(core, STRIPPED_OPEN_MM, zooms) & foreground
+    return _fill_holes(_largest_component(mask))

@@ -28,6 +28,7 @@ class Config:
     model: str = "deepbleed-mistie2"
     template: str = ""  # empty: the pinned DeepBleed template from the asset cache
     brain_extraction: str = "native"
+    skull_stripped: bool = False  # True: inputs are already brain-extracted or windowed (else detected)
     mask_method: str = "probability"  # native-space threshold of the warped probability map
     threshold: float = 0.5
     kernels: str = "soft"  # "soft": skip bone-kernel series when a soft-tissue one exists
@@ -53,8 +54,8 @@ class Config:
 
     def parameters(self):
         """What decides the numbers in the outputs (recorded in every sidecar)."""
-        keys = ("brain_extraction", "mask_method", "threshold", "seed", "device", "mixed_precision",
-                "kernels", "bids_filters", "tta")
+        keys = ("brain_extraction", "skull_stripped", "mask_method", "threshold", "seed", "device",
+                "mixed_precision", "kernels", "bids_filters", "tta")
         return {k: getattr(self, k) for k in keys}
 
     @property

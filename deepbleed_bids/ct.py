@@ -37,26 +37,77 @@ def load_ct(path):
     return img
 
 
-def check_hounsfield(data, path):
-    """Refuse images whose intensities are not CT in HU (no air, no bone)."""
+# Already brain-extracted or windowed CT (bone and air set to a constant): what it must look like.
+STRIPPED_MIN_BACKGROUND = 0.2       # the constant background holds at least this share of voxels
+STRIPPED_MIN_FOREGROUND_ML = 400.0  # a brain or more
+STRIPPED_HU_RANGE = (-200.0, 400.0)  # 1st-99th percentile of the foreground
+STRIPPED_MIN_BRAIN_BAND = 0.6       # share of the foreground within 0-100 HU (brain, CSF, blood)
+
+
+def skull_stripped_evidence(data, zooms=None):
+    """Why ``data`` looks like an already brain-extracted or windowed head CT in HU, or None.
+
+    Such an image has no air and no bone (set to a constant), a large constant
+    background, and foreground values in the range of brain, CSF and blood:
+    most of them within 0-100 HU. MRI in arbitrary units fails the last test.
+    """
+    data = np.asarray(data)
+    values, counts = np.unique(data[::2, ::2, ::2], return_counts=True)
+    background = values[np.argmax(counts)]
+    share = counts.max() / counts.sum()
+    if share < STRIPPED_MIN_BACKGROUND or background != values[0] and background != 0:
+        return None
+    fg = data[data != background]
+    voxel_ml = float(np.prod(zooms)) / 1000.0 if zooms is not None else None
+    if fg.size == 0 or (voxel_ml and fg.size * voxel_ml < STRIPPED_MIN_FOREGROUND_ML):
+        return None
+    sample = fg[:: max(1, fg.size // 200000)].astype(np.float32)
+    lo, hi = np.percentile(sample, [1, 99])
+    band = float(np.mean((sample >= 0) & (sample <= 100)))
+    if lo < STRIPPED_HU_RANGE[0] or hi > STRIPPED_HU_RANGE[1] or band < STRIPPED_MIN_BRAIN_BAND:
+        return None
+    return (f"constant background {background:g} in {100 * share:.0f}% of voxels, no air or bone, "
+            f"{100 * band:.0f}% of the rest within 0-100 HU (1st-99th percentile {lo:.0f} to {hi:.0f} HU)")
+
+
+def check_hounsfield(data, path, skull_stripped=None, zooms=None):
+    """Refuse images whose intensities are not CT in HU; say whether the CT is skull-stripped.
+
+    skull_stripped: None detects an already brain-extracted or windowed CT (no
+    air, no bone, constant background, brain-like HU); True is the user's word
+    for it (the HU check on the foreground still applies); False requires a full head.
+    Returns the intensity statistics with "skull_stripped" and "skull_stripped_reason".
+    """
     data = np.asarray(data)
     if not np.isfinite(data).all():
         raise InputError(f"{path}: contains NaN or infinite values; re-convert the CT with dcm2niix.")
     air = float((data < -800).mean())
     bone = float((data > 500).mean())
     lo, hi = float(data.min()), float(data.max())
-    if air < 1e-3 or bone < 1e-4:
-        hint = ""
-        if lo >= 0 and hi <= 4095 and bone > 0.2:
-            hint = " It may be a CT stored without RescaleIntercept (air at 0 instead of -1024)."
-        elif lo > -200 and hi <= 200:
-            hint = " It may already be skull-stripped; give deepbleed-bids the full head CT."
+    stats = {"air_fraction": air, "bone_fraction": bone, "min": lo, "max": hi,
+             "skull_stripped": False, "skull_stripped_reason": None}
+    full_head = air >= 1e-3 and bone >= 1e-4
+    if full_head and not skull_stripped:
+        return stats
+    evidence = skull_stripped_evidence(data, zooms) if skull_stripped is not False else None
+    if evidence:
+        reason = "--skull-stripped" if skull_stripped else "detected"
+        return {**stats, "skull_stripped": True, "skull_stripped_reason": f"{reason}: {evidence}"}
+    if skull_stripped:
         raise InputError(
-            f"{path}: intensities {lo:.0f} to {hi:.0f} with {100 * air:.2f}% of voxels below -800 "
-            f"(air) and {100 * bone:.3f}% above 500 (bone): this does not look like a head CT in "
-            f"Hounsfield units (an MRI?).{hint}"
-        )
-    return {"air_fraction": air, "bone_fraction": bone, "min": lo, "max": hi}
+            f"{path}: given as skull-stripped (--skull-stripped) but it does not look like a "
+            f"brain-extracted or windowed CT in Hounsfield units: intensities {lo:.0f} to {hi:.0f}; "
+            "expected a constant background and most other voxels within 0-100 HU (brain, CSF, "
+            "blood). An MRI or a CT without its rescale slope/intercept cannot be used.")
+    hint = ""
+    if lo >= 0 and hi <= 4095 and bone > 0.2:
+        hint = " It may be a CT stored without RescaleIntercept (air at 0 instead of -1024)."
+    raise InputError(
+        f"{path}: intensities {lo:.0f} to {hi:.0f} with {100 * air:.2f}% of voxels below -800 "
+        f"(air) and {100 * bone:.3f}% above 500 (bone): this does not look like a head CT in Hounsfield "
+        "units, nor like an already brain-extracted or windowed CT in HU (constant background, "
+        f"most other voxels within 0-100 HU): an MRI or another modality?{hint}"
+    )
 
 
 def clamp_hu(data):

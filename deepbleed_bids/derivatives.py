@@ -63,12 +63,31 @@ def sidecar_path(path):
     raise ValueError(path)
 
 
+def _brain_extraction_fields(info):
+    return {"BrainExtraction": info.get("method"), "SkullStrippedInput": bool(info.get("skull_stripped")),
+            "SkullStrippedReason": info.get("reason")}
+
+
+def _registration_fields(params):
+    """Which global-search start won and its score (the rest stays in RegistrationParameters)."""
+    if not params:
+        return {}
+    search = params.get("global_search") or {}
+    return {"RegistrationStart": search.get("start", "principal-axes"),
+            "RegistrationStartScore": search.get("score"),
+            "RegistrationParameters": params}
+
+
 def build_sidecars(config, source, results):
     """JSON sidecar content for every output (dict keyed like :func:`plan_outputs`)."""
     raw = _sources(source["relpath"])
     brain = {"BrainVolume": round(results["brain_volume_ml"], 3), "BrainVolumeUnits": "mL",
              "BrainVoxelCount": int(results.get("brain_voxel_count", 0)),
              "BrainExtraction": config["brain_extraction"]}
+    if results.get("brain_extraction"):
+        # skull-stripped input: the mask is the non-background voxels, not an extraction
+        brain.update(_brain_extraction_fields(results["brain_extraction"]))
+    registration = _registration_fields(results.get("registration") or {})
     model = config["model_spec"]
     model_info = {"Name": model.get("id"), "Format": model.get("format"),
                   "WeightsSHA256": model.get("sha256"), "Width": model.get("width"),
@@ -103,6 +122,7 @@ def build_sidecars(config, source, results):
         "QC": results.get("qc", {}),
         **split_fields(results.get("split")),
         **({"Uncertainty": results["uncertainty"]} if results.get("uncertainty") else {}),
+        **registration,
         **provenance,
     }
     return {
@@ -122,7 +142,7 @@ def build_sidecars(config, source, results):
         "probseg_template": {"Sources": raw, "Type": "Hemorrhage", **provenance},
         "transform": {"Sources": raw, "FromSpace": "orig", "ToSpace": B.TEMPLATE_SPACE, "Type": "rigid",
                       "Software": "ANTs (antspyx)", "RegistrationSimilarity": results.get("similarity"),
-                      **provenance},
+                      **registration, **provenance},
     }
 
 

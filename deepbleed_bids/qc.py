@@ -343,6 +343,17 @@ def check_thresholds(thresholds):
         raise ValueError(f"unknown QC thresholds {unknown}; known: {sorted(THRESHOLDS)}")
 
 
+def registration_flag(similarity, overlap, thresholds=None):
+    """Why the alignment to the template looks wrong, or None (the ``registration`` flag)."""
+    t = {**THRESHOLDS, **(thresholds or {})}
+    bad = []
+    if similarity is not None and similarity == similarity and similarity < t["min_similarity"]:
+        bad.append(f"similarity {_fmt(similarity)} < {t['min_similarity']}")
+    if overlap is not None and overlap == overlap and overlap < t["min_brain_overlap"]:
+        bad.append(f"brain overlap with the template {_fmt(overlap)} < {t['min_brain_overlap']}")
+    return "alignment to the template looks wrong: " + "; ".join(bad) if bad else None
+
+
 def flags(metrics, thresholds=None):
     """Which flags fire for these measures (dict name -> reason for a reader).
 
@@ -352,14 +363,9 @@ def flags(metrics, thresholds=None):
     t = {**THRESHOLDS, **(thresholds or {})}
     m = metrics
     out = {}
-    sim, overlap = m.get("RegistrationSimilarity"), m.get("TemplateOverlap")
-    bad = []
-    if sim is not None and sim == sim and sim < t["min_similarity"]:
-        bad.append(f"similarity {_fmt(sim)} < {t['min_similarity']}")
-    if overlap is not None and overlap == overlap and overlap < t["min_brain_overlap"]:
-        bad.append(f"brain overlap with the template {_fmt(overlap)} < {t['min_brain_overlap']}")
-    if bad:
-        out["registration"] = "alignment to the template looks wrong: " + "; ".join(bad)
+    reason = registration_flag(m.get("RegistrationSimilarity"), m.get("TemplateOverlap"), t)
+    if reason:
+        out["registration"] = reason
     lo, hi = t["brain_volume_ml"]
     if not lo <= m["BrainVolume"] <= hi:
         out["brain_volume"] = (f"brain volume {m['BrainVolume']:.0f} mL outside the adult range "

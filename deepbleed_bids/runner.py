@@ -40,7 +40,7 @@ def check_dirs(config):
             "`mkdir -p out` before `docker run -u $(id -u):$(id -g) ...`).")
 
 
-def preflight(images):
+def preflight(images, skull_stripped=False):
     """Read and check every image before any processing; return (good, failures)."""
     from .ct import check_hounsfield, load_ct
 
@@ -48,7 +48,8 @@ def preflight(images):
     for source in images:
         try:
             img = load_ct(source["path"])
-            check_hounsfield(img.get_fdata(dtype="float32"), source["relpath"])
+            check_hounsfield(img.get_fdata(dtype="float32"), source["relpath"],
+                             skull_stripped=skull_stripped or None, zooms=img.header.get_zooms()[:3])
             from .registration import check_affine
 
             check_affine(img, source["relpath"])
@@ -155,7 +156,7 @@ def run_participant(config):
     images, skipped = select_series(images, config.kernels)
     for relpath, reason in skipped:
         log(f"skipping {relpath}: {reason}")
-    images, failures = preflight(images)
+    images, failures = preflight(images, config.skull_stripped)
     if not images:
         for relpath, reason in failures:
             log(f"FAILED {relpath}: {reason}")

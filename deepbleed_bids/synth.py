@@ -651,3 +651,163 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
     info["intraventricular_ml"] = float(ivh.sum() * vml)
     info["parenchymal_ml"] = float((mask & ~ivh).sum() * vml)
     return _like(img, data), mask, ivh, info
+
+
+# ------------------------------------------------- registration cases with a known pose
+# One generator for the registration benchmark, its test and midline-shift checks:
+# a hematoma with mass effect, noise, a rigid pose, and re-slicing (thick, tilted,
+# partial coverage). World coordinates of the anatomy move only by the pose, so the
+# true native pose is known exactly.
+
+
+def rigid_motion(rng, max_rotation_deg=35.0, max_shift_mm=40.0, centre=(0.0, 0.0, 0.0)):
+    """RAS 4x4 world motion: rotations up to max_rotation_deg about each axis (about
+    ``centre``) and shifts up to max_shift_mm along each axis, uniform."""
+    rng = _rng(rng)
+    rot = Rotation.from_euler("xyz", rng.uniform(-max_rotation_deg, max_rotation_deg, 3),
+                              degrees=True).as_matrix()
+    centre = np.asarray(centre, float)
+    move = np.eye(4)
+    move[:3, :3] = rot
+    move[:3, 3] = centre + rng.uniform(-max_shift_mm, max_shift_mm, 3) - rot @ centre
+    return move
+
+
+def mass_effect(img, brain_mask, centre_mm, volume_ml, reach_mm=35.0):
+    """Push brain tissue radially away from ``centre_mm`` as a mass of ``volume_ml`` would.
+
+    The radial map r -> (r^3 + R^3)^(1/3) of an incompressible medium around a sphere of
+    radius R, faded out with distance (Gaussian, ``reach_mm``) and restricted to the brain
+    (smoothly, so skull and scalp do not move). Returns (image, brain mask, info) on the
+    same grid; the displaced brain mask follows the tissue (nearest neighbour).
+    """
+    data = _as_float(img)
+    brain = np.asarray(brain_mask, bool)
+    affine = np.asarray(img.affine, float)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    radius = _radius(volume_ml)
+    centre = np.asarray(centre_mm, float)
+    half = radius + 2.5 * reach_mm
+    ijk_c = _to_voxel(affine, centre)
+    lo = np.maximum(np.floor(ijk_c - half / zooms).astype(int), 0)
+    hi = np.minimum(np.ceil(ijk_c + half / zooms).astype(int) + 1, data.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    soft_brain = ndi.gaussian_filter(brain[box].astype(np.float32), 2.0 / zooms)
+    inv = np.linalg.inv(affine)
+    out, moved = data.copy(), brain.copy()
+    max_shift = 0.0
+    for k0 in range(lo[2], hi[2], 4):  # a few slices at a time: memory stays small
+        k1 = min(k0 + 4, hi[2])
+        grid = np.stack(np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]),
+                                    np.arange(k0, k1), indexing="ij")).astype(np.float32)
+        rel = np.einsum("ij,j...->i...", affine[:3, :3], grid) \
+            + (affine[:3, 3] - centre)[:, None, None, None]
+        rho = np.sqrt((rel ** 2).sum(axis=0)) + 1e-6
+        # where a displaced point came from: invert r -> cbrt(r^3 + R^3), faded with distance
+        source = np.cbrt(np.maximum(rho ** 3 - radius ** 3, 0.0))
+        weight = np.exp(-0.5 * (np.maximum(rho - radius, 0) / reach_mm) ** 2)
+        weight *= soft_brain[..., k0 - lo[2]:k1 - lo[2]]
+        back = rho - weight * (rho - source)
+        src_world = centre[:, None, None, None] + rel * (back / rho)
+        src = np.einsum("ij,j...->i...", inv[:3, :3], src_world) + inv[:3, 3, None, None, None]
+        sub = (box[0], box[1], slice(k0, k1))
+        out[sub] = ndi.map_coordinates(data, src, order=1, mode="nearest")
+        moved[sub] = ndi.map_coordinates(brain.view(np.uint8), src, order=0, mode="nearest") > 0
+        inside = brain[sub]
+        if inside.any():
+            max_shift = max(max_shift, float((rho - back)[inside].max()))
+    info = {"centre_mm": centre.tolist(), "radius_mm": float(radius),
+            "max_shift_mm": max_shift}
+    return _like(img, out), moved, info
+
+
+def reslice(img, motion=None, slice_mm=None, inplane_mm=0.9, tilt_deg=0.0, keep=(0.0, 1.0),
+            pad_hu=-1024.0, order=1):
+    """The head re-acquired on a new grid: moved by ``motion`` (RAS 4x4, world), axial
+    slices ``slice_mm`` thick (averaged over the slab; None keeps the source spacing),
+    the slice plane tilted by ``tilt_deg`` about the left-right axis, and only the
+    fraction ``keep`` = (bottom, top) of the head's cranio-caudal extent covered.
+
+    Returns (image, motion): world point x of the source is world point motion @ x of the
+    new image; the new grid's axes are orthogonal (a tilt-corrected stack).
+    """
+    motion = np.eye(4) if motion is None else np.asarray(motion, float)
+    src_aff = np.asarray(img.affine, float)
+    data = _as_float(img)
+    zooms = np.sqrt((src_aff[:3, :3] ** 2).sum(axis=0))
+    slice_mm = float(slice_mm or zooms[2])
+    # head extent (above air) in the moved world, in the tilted frame
+    head = data > -300
+    ijk = np.array(np.nonzero(head[::4, ::4, ::2]), float) * np.array([[4], [4], [2]])
+    frame = Rotation.from_euler("x", tilt_deg, degrees=True).as_matrix()
+    pts = frame.T @ (motion[:3, :3] @ (src_aff[:3, :3] @ ijk + src_aff[:3, 3:4]) + motion[:3, 3:4])
+    lo, hi = pts.min(axis=1) - 5.0, pts.max(axis=1) + 5.0
+    span = hi[2] - lo[2]
+    lo[2], hi[2] = lo[2] + keep[0] * span, lo[2] + keep[1] * span
+    step = np.array([inplane_mm, inplane_mm, slice_mm])
+    shape = np.maximum(np.ceil((hi - lo) / step).astype(int), 1)
+    new_aff = np.eye(4)
+    new_aff[:3, :3] = frame @ np.diag(step)
+    new_aff[:3, 3] = frame @ lo
+    # new voxel -> source voxel
+    to_src = np.linalg.inv(src_aff) @ np.linalg.inv(motion) @ new_aff
+    n_sub = max(1, int(np.ceil(slice_mm / max(zooms.min(), 1.0))))
+    out = np.zeros(tuple(shape), np.float32)
+    for k in range(n_sub):  # slab average: a thick slice integrates its thickness
+        offset = np.array([0, 0, (k + 0.5) / n_sub - 0.5, 1.0])
+        m = to_src.copy()
+        m[:3, 3] = (to_src @ offset)[:3]
+        out += ndi.affine_transform(data, m[:3, :3], offset=m[:3, 3], output_shape=tuple(shape),
+                                    order=order, mode="constant", cval=pad_hu)
+    out /= n_sub
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.int16)
+    res = nib.Nifti1Image(np.clip(np.rint(out), -1024, 3071).astype(np.int16), new_aff, hdr)
+    res.set_qform(new_aff, 1)
+    res.set_sform(new_aff, 1)
+    return res, motion
+
+
+def registration_case(img, brain_mask, rng, max_rotation_deg=35.0, max_shift_mm=40.0,
+                      volume_range_ml=(20.0, 100.0), p_hematoma=0.8, p_thick=0.5, p_tilt=0.4,
+                      p_partial=0.4, max_noise_hu=6.0):
+    """One registration test case from a real head: (image, info), fully determined by rng.
+
+    A hematoma of 20-100 mL with mass effect (p_hematoma), noise, a random rigid pose
+    (rotations up to max_rotation_deg about each axis, shifts up to max_shift_mm), then
+    re-slicing: 5-7 mm slices (p_thick), a 10-25 deg tilted stack (p_tilt), 20-30 % of
+    the head missing at the top or bottom (p_partial). info["motion"] (RAS 4x4) maps the
+    source's world onto the case's world: the true pose.
+    """
+    rng = _rng(rng)
+    brain = np.asarray(brain_mask, bool)
+    affine = np.asarray(img.affine, float)
+    info = {"hematoma_ml": 0.0}
+    work = img
+    if rng.uniform() < p_hematoma:
+        vol = float(rng.uniform(*volume_range_ml))
+        location = str(rng.choice(["deep", "lobar"]))
+        maps = _Maps(brain, affine, _as_float(img))
+        centre = _place(maps, brain, affine, location, _radius(vol), rng)
+        work, brain, effect = mass_effect(work, brain, centre, vol)
+        work, truth, lesion = insert_hematoma(work, brain, vol, rng, location, center_mm=centre)
+        info.update(hematoma_ml=float(truth.sum() * _voxel_ml(affine)), location=location,
+                    mass_effect_mm=effect["max_shift_mm"])
+    centre = _to_world(affine, np.array(np.nonzero(brain[::4, ::4, ::2]), float).mean(axis=1)
+                       * np.array([4, 4, 2]))
+    motion = rigid_motion(rng, max_rotation_deg, max_shift_mm, centre)
+    thick = float(rng.uniform(5.0, 7.0)) if rng.uniform() < p_thick else None
+    tilt = float(rng.uniform(10.0, 25.0) * rng.choice([-1, 1])) if rng.uniform() < p_tilt else 0.0
+    keep = (0.0, 1.0)
+    if rng.uniform() < p_partial:
+        cut = float(rng.uniform(0.2, 0.3))
+        keep = (cut, 1.0) if rng.uniform() < 0.5 else (0.0, 1.0 - cut)
+    noise = float(rng.uniform(0.0, max_noise_hu))
+    if noise > 0:
+        work = add_noise(work, rng, sd_hu=noise)
+    case, _ = reslice(work, motion, slice_mm=thick, tilt_deg=tilt, keep=keep)
+    euler = Rotation.from_matrix(motion[:3, :3]).as_euler("xyz", degrees=True)
+    info.update(motion=motion.tolist(), rotation_deg=[round(float(a), 2) for a in euler],
+                shift_mm=[round(float(a), 2) for a in motion[:3, 3]], slice_mm=thick,
+                tilt_deg=tilt, keep=list(keep), noise_sd_hu=noise, shape=list(case.shape))
+    return case, info

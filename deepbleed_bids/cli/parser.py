@@ -45,6 +45,10 @@ def add_bids_app_arguments(parser):
                       help="a local copy of the DeepBleed template (must be the 128^3 1.5 mm grid)")
     proc.add_argument("--brain-extraction", choices=["native", "fsl"], default="native",
                       help="native (default): built-in CT skull stripping; fsl: the paper's FSL protocol")
+    proc.add_argument("--skull-stripped", action="store_true",
+                      help="the CTs are already brain-extracted or windowed (bone and air set to a "
+                           "constant): skip brain extraction, the brain mask is the non-background "
+                           "voxels. Without it such CTs are detected from their intensities.")
     proc.add_argument("--mask-method", choices=["probability", "deepbleed"], default="probability",
                       help="probability (default): warp the probability map back (linear) and threshold "
                            "in native space; deepbleed: threshold on the template grid and warp the "

@@ -27,7 +27,7 @@ def config_from_args(args):
         plugin=args.plugin, plugin_args=args.plugin_args, device=args.device,
         mixed_precision=args.mixed_precision, model=args.model,
         template=str(args.template.absolute()) if args.template else "",
-        brain_extraction=args.brain_extraction,
+        brain_extraction=args.brain_extraction, skull_stripped=args.skull_stripped,
         mask_method=args.mask_method, threshold=args.threshold, kernels=args.kernels, seed=args.seed,
         tta=getattr(args, "tta", "auto"),
         verbose=args.verbose, group_by=list(args.group_by),

@@ -9,10 +9,13 @@ class _MaskOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="CT with every voxel outside the brain set to 0")
     brain_volume_ml = traits.Float(desc="brain volume from the native voxel size")
     elapsed = traits.Float(desc="seconds spent in this step (FSL's own steps not included)")
+    info = traits.Dict(desc="how the mask was made: method, skull_stripped, reason")
 
 
 class _NativeBrainExtractionInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="head CT in HU, clamped to [-1024, 3071]")
+    hu_stats = traits.Dict(desc="check_hounsfield's result: skull_stripped says whether the CT "
+                                "is already brain-extracted or windowed")
 
 
 class NativeBrainExtraction(SimpleInterface):
@@ -25,17 +28,23 @@ class NativeBrainExtraction(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
-        from ..brain import extract_brain
+        from ..brain import extract_brain, mask_from_background
         from ..errors import InputError
 
         start = time.perf_counter()
         img = nib.load(self.inputs.in_file)
+        stats = self.inputs.hu_stats or {}
+        stripped = bool(stats.get("skull_stripped"))
         try:
-            mask = extract_brain(np.asanyarray(img.dataobj), img.affine)
+            # skull-stripped or windowed input: the mask is what is left, not an extraction
+            mask = (mask_from_background if stripped else extract_brain)(
+                np.asanyarray(img.dataobj), img.affine)
         except InputError as err:
             raise InputError(f"{self.inputs.in_file}: {err}") from err
+        info = {"method": "non-background voxels (skull-stripped input)" if stripped else "native",
+                "skull_stripped": stripped, "reason": stats.get("skull_stripped_reason")}
         self._results.update(_write_outputs(img, mask, self.inputs.in_file, runtime.cwd),
-                             elapsed=time.perf_counter() - start)
+                             info=info, elapsed=time.perf_counter() - start)
         return runtime
 
 

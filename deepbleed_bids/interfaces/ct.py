@@ -6,6 +6,9 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface
 
 class _ClampCTInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="CT image in HU")
+    skull_stripped = traits.Bool(False, usedefault=True,
+                                 desc="the user says the CT is already brain-extracted or windowed "
+                                      "(else it is detected)")
 
 
 class _ClampCTOutputSpec(TraitedSpec):
@@ -31,7 +34,9 @@ class ClampCT(SimpleInterface):
         start = time.perf_counter()
         img = load_ct(self.inputs.in_file)
         data = np.asanyarray(img.dataobj)
-        self._results["hu_stats"] = check_hounsfield(data, self.inputs.in_file)
+        self._results["hu_stats"] = check_hounsfield(
+            data, self.inputs.in_file, skull_stripped=self.inputs.skull_stripped or None,
+            zooms=img.header.get_zooms()[:3])
         clamped = clamp_hu(data)
         dtype = np.int16 if np.issubdtype(clamped.dtype, np.integer) or np.allclose(
             clamped, np.round(clamped)) else np.float32

@@ -1,5 +1,6 @@
 """Nipype interface: write one image's derivatives atomically (see deepbleed_bids.derivatives)."""
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec,
+                                    isdefined, traits)
 
 
 class _WriteInputSpec(BaseInterfaceInputSpec):
@@ -15,6 +16,8 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     hemorrhage_voxel_count = traits.Int(mandatory=True)
     brain_volume_ml = traits.Float(mandatory=True)
     similarity = traits.Float()
+    registration = traits.Dict(desc="register_rigid's parameters and global-search result")
+    brain_extraction = traits.Dict(desc="how the brain mask was made (skull-stripped input or not)")
     device_plan = traits.Dict()
     timings = traits.Dict()
     warnings = traits.List()
@@ -55,6 +58,9 @@ class WriteDerivatives(SimpleInterface):
             "brain_voxel_count": int(np.count_nonzero(np.asanyarray(brain.dataobj))),
             "voxel_volume_ml": voxel_volume_ml(brain),
             "similarity": self.inputs.similarity if self.inputs.similarity else None,
+            "registration": dict(self.inputs.registration) if isdefined(self.inputs.registration) else {},
+            "brain_extraction": (dict(self.inputs.brain_extraction)
+                                 if isdefined(self.inputs.brain_extraction) else {}),
             "device_plan": self.inputs.device_plan,
             "timings": self.inputs.timings,
             "warnings": list(self.inputs.warnings),

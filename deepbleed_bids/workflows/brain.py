@@ -16,6 +16,8 @@ def init_brain_extraction_wf(method="native", omp_nthreads=1, name="brain_extrac
     inputnode.in_file -> outputnode.out_mask (uint8), outputnode.out_file (CT, 0 outside
     the brain), outputnode.brain_volume_ml; outputs keep the input's header.
     ``omp_nthreads`` is accepted for a uniform API: both methods run single-threaded.
+    inputnode.hu_stats (ClampCT's): a CT found or said to be skull-stripped gets the
+    non-background voxels as its mask (native method; outputnode.info says so).
     """
     if method not in METHODS:
         raise DeepBleedError(
@@ -23,12 +25,13 @@ def init_brain_extraction_wf(method="native", omp_nthreads=1, name="brain_extrac
             "(--brain-extraction)."
         )
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "hu_stats"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(
-        fields=["out_mask", "out_file", "brain_volume_ml", "elapsed"]), name="outputnode")
+        fields=["out_mask", "out_file", "brain_volume_ml", "elapsed", "info"]), name="outputnode")
     if method == "native":
         strip = pe.Node(NativeBrainExtraction(), name="native_brain", mem_gb=1.0)
-        wf.connect(inputnode, "in_file", strip, "in_file")
+        wf.connect([(inputnode, strip, [("in_file", "in_file"), ("hu_stats", "hu_stats")]),
+                    (strip, outputnode, [("info", "info")])])
     else:
         strip = _connect_fsl(wf, inputnode)
     wf.connect([(strip, outputnode, [("out_mask", "out_mask"), ("out_file", "out_file"),

@@ -23,7 +23,7 @@ def init_ct_wf(config, source, name=None):
     threads = max(1, int(config.omp_nthreads))
     wf = pe.Workflow(name=name or f"ct_{image_id(source['relpath'])}_wf")
     preproc = init_preproc_wf(source["path"], config.template, config.brain_extraction,
-                              config.seed, threads)
+                              config.seed, threads, getattr(config, "skull_stripped", False))
     segment = pe.Node(VNetSegment(model_spec=config.model_spec, device=config.device,
                                   mixed_precision=config.mixed_precision, num_threads=threads,
                                   tta=getattr(config, "tta", "auto") or "auto", threshold=config.threshold,
@@ -62,7 +62,8 @@ def init_ct_wf(config, source, name=None):
         (uncertainty, qc, [("uncertainty", "uncertainty")]),
         (preproc, sink, [(po + "brain_mask", "brain_mask"), (po + "brain_volume_ml", "brain_volume_ml"),
                          (po + "template_ct", "preproc_template"), (po + "transform", "transform"),
-                         (po + "similarity", "similarity")]),
+                         (po + "similarity", "similarity"), (po + "registration", "registration"),
+                         (po + "brain_info", "brain_extraction")]),
         (native, sink, [("out_mask", "hemorrhage_mask"), ("out_probseg", "hemorrhage_probseg"),
                         ("volume_ml", "hemorrhage_volume_ml"), ("voxel_count", "hemorrhage_voxel_count")]),
         (segment, sink, [("out_probseg", "probseg_template"), ("device_plan", "device_plan")]),
