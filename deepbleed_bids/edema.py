@@ -6,8 +6,8 @@ automatically:
 
 1. the CT is smoothed (Gaussian, ``sigma_mm`` = 1 mm, the clot left out) to tame scanner noise;
 2. candidates: brain voxels of ``HU_RANGE`` (5-33 HU) within ``max_distance_mm`` of the
-   clot, not the clot itself, not CSF (the ventricles given, dilated 2 mm, where darker
-   than 15 HU) and, when the mid-sagittal plane is known, at least ``min_contrast_hu``
+   clot, not the clot itself, not CSF (smoothed HU < 10 anywhere and 1.5 mm around it;
+   the ventricles given, dilated 2 mm, where darker than 15 HU) and, when the mid-sagittal plane is known, at least ``min_contrast_hu``
    darker than the mirror-image parenchyma across the plane (normal white matter is
    25-32 HU, inside Volbers' window: this contralateral check keeps normal tissue out);
 3. the edema is the candidates connected (26-neighbourhood) to the clot's 1.5 mm shell.
@@ -26,6 +26,8 @@ HU_RANGE = (5.0, 33.0)  # Volbers et al. 2018
 MAX_DISTANCE_MM = 10.0
 MIN_CONTRAST_HU = 4.0
 REFERENCE_SIGMA_MM = 2.0  # the contralateral reference is a local tissue mean, not one noisy voxel
+CSF_HU = 10.0  # smoothed CSF; edema stays above ~12 HU
+CSF_BORDER_MM = 1.5
 PARENCHYMA_HU = (15.0, 60.0)  # what a mirror voxel must be to serve as the reference
 REFERENCE = ("Volbers B et al. Semi-automatic volumetric assessment of perihemorrhagic edema with "
              "computed tomography. Eur J Neurol 2018")
@@ -86,6 +88,10 @@ def perihematomal_edema(hu, brain, clot, affine, ventricles=None, plane=None, hu
         ndi.gaussian_filter(keep, sigma_mm / zooms), 1e-3)
     dist = ndi.distance_transform_edt(~c, sampling=zooms)
     cand = b & ~c & (dist <= max_distance_mm) & (smooth_box >= hu_range[0]) & (smooth_box <= hu_range[1])
+    # CSF anywhere (sulci, cisterns, ventricles: smoothed < CSF_HU) and its partial-volume
+    # border; the ventricles given (atlas / split), dilated, where darker than 15 HU
+    csf = b & (smooth_box < CSF_HU)
+    cand &= ndi.distance_transform_edt(~csf, sampling=zooms) > CSF_BORDER_MM
     if ventricles is not None:
         v = np.asarray(ventricles, bool)[box]
         v = ndi.distance_transform_edt(~v, sampling=zooms) <= 2.0
@@ -95,8 +101,10 @@ def perihematomal_edema(hu, brain, clot, affine, ventricles=None, plane=None, hu
         mirror = _mirror_values(smooth_full, affine, lo, c.shape, np.asarray(plane[0], float), float(plane[1]))
         tissue = b & ~c & (smooth_box >= PARENCHYMA_HU[0]) & (smooth_box <= PARENCHYMA_HU[1]) & (dist > 20)
         fallback = float(np.median(smooth_box[tissue])) if tissue.sum() > 100 else 30.0
-        reference = np.where((mirror >= PARENCHYMA_HU[0]) & (mirror <= PARENCHYMA_HU[1]), mirror, fallback)
-        # the mirror of a voxel next to a midline-crossing clot may be clot: no reference there
+        # mirror darker than parenchyma (CSF, sulci, cisterns): symmetric low density is no
+        # edema, so the mirror stays the reference; brighter than parenchyma (clot crossing
+        # the midline, bone) or outside the image: the scan's distant parenchyma instead
+        reference = np.where((mirror >= -50) & (mirror <= PARENCHYMA_HU[1]), mirror, fallback)
         cand &= reference - smooth_box >= min_contrast_hu
     shell = b & ~c & (dist <= 1.5)
     lab, n = ndi.label(cand, structure=np.ones((3, 3, 3)))

@@ -1,0 +1,230 @@
+"""Trial measures: ICH-score rules, location classes, perihematomal edema and midline shift.
+
+The rules are checked on hand-computed cases; edema and midline shift on the real GE head
+with synthetic hematomas of known rim and known mass-effect displacement (the project's
+generator, deepbleed_bids.synth).
+"""
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepbleed_bids import edema as E
+from deepbleed_bids import ichscore as S
+from deepbleed_bids import location as L
+from deepbleed_bids import midline as M
+from deepbleed_bids import synth
+
+# ---------------------------------------------------------------- ICH score rules
+
+
+@pytest.mark.parametrize("gcs,points", [(3, 2), (4, 2), (5, 1), (12, 1), (13, 0), (15, 0), ("8", 1),
+                                        (None, None), ("n/a", None)])
+def test_gcs_points(gcs, points):
+    assert S.gcs_points(gcs) == points
+
+
+@pytest.mark.parametrize("gcs", [2, 16, 7.5, -1])
+def test_gcs_off_scale_is_an_error(gcs):
+    with pytest.raises(ValueError, match="GCS"):
+        S.gcs_points(gcs)
+
+
+@pytest.mark.parametrize("age,points", [(79.9, 0), (80, 1), (93, 1), (45, 0), (None, None)])
+def test_age_points(age, points):
+    assert S.age_points(age) == points
+
+
+# (volume, ivh mL, class, gcs, age) -> (imaging points, total); totals computed by hand
+HAND = [
+    ((29.9, 0.0, "deep", 15, 60), (0, 0)),          # nothing scores
+    ((30.0, 0.0, "lobar", 14, 70), (1, 1)),         # volume exactly 30 mL scores
+    ((45.0, 3.0, "deep", 10, 82), (2, 2 + 1 + 1)),  # vol + IVH; GCS 10 -> 1; age -> 1
+    ((12.0, 0.2, "infratentorial", 4, 50), (1, 1 + 2)),  # IVH below 0.5 mL does not count
+    ((60.0, 8.0, "infratentorial", 3, 85), (3, 3 + 2 + 1)),  # the maximum, 6
+    ((20.0, 5.0, "intraventricular", None, 70), (1, None)),  # GCS unknown: no total
+]
+
+
+@pytest.mark.parametrize("inputs,expected", HAND)
+def test_ich_score_hand_computed(inputs, expected):
+    vol, ivh, cls, gcs, age = inputs
+    rec = S.ich_score(vol, ivh, cls, gcs, age)
+    assert (rec["ImagingPoints"], rec["Total"]) == expected
+    assert rec["Complete"] is (expected[1] is not None)
+    items = rec["Items"]
+    assert items["Volume"]["Input"] == vol and items["InfratentorialOrigin"]["Input"] == cls
+    assert items["IntraventricularHemorrhage"]["Input"] == ivh
+    assert items["GCS"]["Input"] == gcs and items["Age"]["Input"] == age
+
+
+def test_ich_score_without_hemorrhage_or_volume():
+    assert S.ich_score(0.0, 0.0, "none", 15, 50)["Total"] == 0
+    assert S.ich_score(None, None, None, 15, 50)["Total"] is None
+
+
+def test_clinical_inputs_session_row_first(tmp_path):
+    (tmp_path / "participants.tsv").write_text("participant_id\tage\tgcs\nsub-01\t81\t14\nsub-02\tn/a\t9\n")
+    (tmp_path / "sub-01").mkdir()
+    (tmp_path / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tgcs\nses-1\t6\nses-2\tn/a\n")
+    assert S.clinical_inputs(tmp_path, "01", "1") == {"gcs": 6.0, "age": 81.0}
+    assert S.clinical_inputs(tmp_path, "sub-01", "ses-2") == {"gcs": 14.0, "age": 81.0}
+    assert S.clinical_inputs(tmp_path, "02") == {"gcs": 9.0, "age": None}
+    assert S.clinical_inputs(tmp_path, "03") == {"gcs": None, "age": None}
+
+
+def test_group_ich_score_needs_every_item():
+    from deepbleed_bids.group import add_ich_score
+
+    df = pd.DataFrame({"participant_id": ["sub-01", "sub-01", "sub-02", "sub-03"],
+                       "session": ["1", "2", "1", "1"], "ich_score_imaging": [2, 3, 1, 1],
+                       "gcs": ["14", "14", None, "20"], "age": ["85", "85", "50", "50"]})
+    sessions = {"sub-01": pd.DataFrame({"gcs": ["4", None]}, index=pd.Index(["1", "2"], name="session"))}
+    out = add_ich_score(df, sessions)
+    assert list(out["gcs"])[:2] == [4.0, 14.0]  # the session's GCS first, else participants.tsv
+    assert out["ich_score"].tolist()[:2] == [2 + 2 + 1, 3 + 0 + 1]
+    assert pd.isna(out["ich_score"].iloc[2]) and pd.isna(out["ich_score"].iloc[3])  # unknown / off-scale GCS
+
+
+# ---------------------------------------------------------------- location
+
+
+NAMES = {1: "BrainStem", 2: "Cerebellum", 5: "LeftBasalganglia-lentiform-nucleus", 14: "LeftParietalLobe",
+         26: "RightInsula", 28: "RightParietalLobe", 31: "Ventricle"}
+
+
+def _blocks():
+    labels = np.zeros((40, 10, 10), np.int16)
+    for k, lab in enumerate((5, 14, 28, 1, 31, 26, 2)):
+        labels[5 * k:5 * k + 5] = lab
+    return labels, np.ones(labels.shape, bool)
+
+
+def test_region_classes():
+    assert L.region_class("LeftThalamusProper") == "deep" and L.region_class("RightCaudate") == "deep"
+    assert L.region_class("RightInsula") == "deep" and L.region_class("LeftHippocampus") == "lobar"
+    assert L.region_class("LeftCerebellum") == "infratentorial" and L.region_class("BrainStem") == "infratentorial"
+    assert L.region_class("Ventricle") == "intraventricular"
+    from deepbleed_bids.atlas import atlas_labels
+
+    assert {L.region_class(n) for n in atlas_labels().values()} == set(L.CLASSES)
+
+
+def test_location_volumes_largest_region_and_class():
+    labels, brain = _blocks()
+    hem = np.zeros(labels.shape, bool)
+    hem[0:5, :, :6] = True      # 300 voxels lentiform (deep)
+    hem[5:10, :, :4] = True     # 200 voxels left parietal (lobar)
+    hem[20:25, :, :2] = True    # 100 voxels ventricle
+    rec = L.hemorrhage_location(hem, labels, brain, 0.01, NAMES)
+    assert rec["RegionVolumes"] == {"LeftBasalganglia-lentiform-nucleus": 3.0, "LeftParietalLobe": 2.0,
+                                    "Ventricle": 1.0}
+    assert rec["LargestRegion"] == "LeftBasalganglia-lentiform-nucleus"
+    assert rec["LargestRegionShare"] == pytest.approx(0.5)
+    assert rec["Class"] == "deep" and rec["Side"] == "left"
+    assert rec["ClassVolumes"] == {"deep": 3.0, "lobar": 2.0, "infratentorial": 0.0, "intraventricular": 1.0}
+
+
+def test_location_infratentorial_primary_ivh_and_unlabelled():
+    labels, brain = _blocks()
+    hem = np.zeros(labels.shape, bool)
+    hem[15:20, :, :3] = True    # brain stem 150
+    hem[30:35, :, :1] = True    # cerebellum 50
+    labels[39] = 0
+    hem[39, :, :5] = True       # 50 voxels in the brain but in no region
+    rec = L.hemorrhage_location(hem, labels, brain, 0.01, NAMES)
+    assert rec["Class"] == "infratentorial" and rec["UnlabelledVolume"] == pytest.approx(0.5)
+    assert rec["Side"] is None  # midline structures only
+    # mostly in the ventricles: primary IVH; the split's IVH mask overrides the atlas label
+    hem2 = np.zeros(labels.shape, bool)
+    hem2[20:25] = True          # 500 voxels ventricle label
+    hem2[25:26, :, :5] = True   # 50 insula
+    assert L.hemorrhage_location(hem2, labels, brain, 0.01, NAMES)["Class"] == "intraventricular"
+    rec = L.hemorrhage_location(hem2, labels, brain, 0.01, NAMES, ivh=np.zeros(labels.shape, bool))
+    assert rec["Class"] == "lobar" or rec["Class"] == "deep"  # no IVH: the ventricle label is ignored
+    assert "Ventricle" not in rec["RegionVolumes"]
+    none = L.hemorrhage_location(np.zeros(labels.shape, bool), labels, brain, 0.01, NAMES)
+    assert none["Class"] == "none" and none["HemorrhageVolume"] == 0
+
+
+# ---------------------------------------------------------------- real head: edema, midline
+
+
+@pytest.fixture(scope="module")
+def head(head_and_brain):
+    from deepbleed_bids.ct import clamp_hu
+    from deepbleed_bids.ventricles import csf_mask
+
+    img, brain = head_and_brain
+    hu = clamp_hu(np.asanyarray(img.dataobj)).astype(np.float32)
+    img = nib.Nifti1Image(hu, img.affine, img.header)
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    # deep CSF stands in for the atlas ventricles here (no registration needed)
+    vent = csf_mask(hu, brain, zooms, min_depth_mm=15.0)
+    plane = M.skull_plane(hu, img.affine, brain)
+    return img, brain, vent, plane
+
+
+def test_skull_plane_is_found_from_a_rotated_start(head):
+    img, brain, vent, (n, d, info) = head
+    hu = np.asanyarray(img.dataobj)
+    # the same head with its world turned 6 degrees about the vertical axis (affine only)
+    rot = np.eye(4)
+    a = np.deg2rad(6.0)
+    rot[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    n2, d2, _ = M.skull_plane(hu, rot @ img.affine, brain)
+    expected = rot[:3, :3] @ n
+    assert np.degrees(np.arccos(min(1.0, abs(n2 @ expected)))) < 1.5
+    centre = (img.affine[:3, :3] @ (np.array(img.shape) / 2) + img.affine[:3, 3])
+    # the moved plane passes through the moved centre's mirror-consistent offset
+    assert abs((n2 @ (rot[:3, :3] @ centre) - d2) - (n @ centre - d)) < 1.5
+    assert info["SymmetryCost"] < 1.5
+
+
+def test_midline_shift_follows_a_known_mass_effect(head):
+    img, brain, vent, plane = head
+    hu = np.asanyarray(img.dataobj)
+    base = M.midline_shift(hu, img.affine, brain, vent, plane=plane)
+    assert base["MidlineShift"] is not None and base["MidlineShift"] < 3.0  # a normal head
+    dist, pts, kind = M.midline_points(hu, img.affine, brain, vent, plane[0], plane[1])
+    assert kind == "septum pellucidum"
+    case, clot, edema, moved, info = synth.trial_case(img, brain, 4, 40.0, "deep", edema_mm=0.0)
+    true = float(np.median(dist + synth.mass_effect_shift(pts, info["centre_mm"], 40.0) @ plane[0]))
+    assert abs(true - float(np.median(dist))) > 1.0  # the case really shifts the septum
+    shifted = M.midline_shift(np.asanyarray(case.dataobj).astype(np.float32), img.affine, moved, vent,
+                              plane=plane)
+    assert shifted["MidlineShiftSigned"] == pytest.approx(true, abs=1.5)
+    # the clot's side pushes the septum to the other side
+    side = np.sign(plane[0] @ np.asarray(info["centre_mm"]) - plane[1])
+    assert np.sign(shifted["MidlineShiftSigned"] - base["MidlineShiftSigned"]) == -side
+
+
+def test_edema_estimate_finds_a_known_rim(head):
+    img, brain, vent, plane = head
+    vml = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    case, clot, edema, info = synth.insert_hematoma_with_edema(img, brain, 25.0, 7, "lobar", edema_mm=6.0)
+    assert info["edema_ml"] == pytest.approx(edema.sum() * vml) and info["edema_ml"] > 3.0
+    assert not (edema & clot).any()
+    hu = np.asanyarray(case.dataobj).astype(np.float32)
+    est, rec = E.perihematomal_edema(hu, brain, clot, img.affine, ventricles=vent, plane=plane)
+    assert rec["Estimate"] is True and not (est & clot).any()
+    assert rec["RelativeEdema"] == pytest.approx(rec["EdemaVolume"] / rec["ClotVolume"], rel=1e-2)
+    hit = (est & edema).sum() / edema.sum()
+    assert hit > 0.4  # most of the rim is found
+    assert rec["EdemaVolume"] == pytest.approx(info["edema_ml"], rel=0.6)
+    # the same clot without a rim: far less edema is reported
+    plain, clot2, _, _ = synth.insert_hematoma_with_edema(img, brain, 25.0, 7, "lobar", edema_mm=0.0)
+    _, rec0 = E.perihematomal_edema(np.asanyarray(plain.dataobj).astype(np.float32), brain, clot2, img.affine,
+                                    ventricles=vent, plane=plane)
+    assert rec0["EdemaVolume"] < 0.5 * rec["EdemaVolume"]
+
+
+def test_derivative_names_and_atlas_table():
+    from deepbleed_bids.derivatives import atlas_tsv, plan_outputs
+
+    plan = plan_outputs("/out", "sub-01/ses-1/ct/sub-01_ses-1_ct.nii.gz")
+    assert plan["edema_mask"].name == "sub-01_ses-1_desc-edema_mask.nii.gz"
+    assert plan["atlas_dseg"].name == "sub-01_ses-1_desc-atlas_dseg.nii.gz"
+    rows = [r.split("\t") for r in atlas_tsv().strip().splitlines()]
+    assert rows[0] == ["index", "name", "class"] and len(rows) == 32
+    assert {r[2] for r in rows[1:]} == set(L.CLASSES)
