@@ -4,6 +4,8 @@ The rules are checked on hand-computed cases; edema and midline shift on the rea
 with synthetic hematomas of known rim and known mass-effect displacement (the project's
 generator, deepbleed_bids.synth).
 """
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -228,3 +230,72 @@ def test_derivative_names_and_atlas_table():
     rows = [r.split("\t") for r in atlas_tsv().strip().splitlines()]
     assert rows[0] == ["index", "name", "class"] and len(rows) == 32
     assert {r[2] for r in rows[1:]} == set(L.CLASSES)
+
+
+# ---------------------------------------------------------------- the node and its outputs
+
+
+def test_trial_node_writes_sidecar_fields_edema_and_atlas(head, template_path, tmp_path):
+    """TrialMeasures on a deep clot with a rim in the real head, then the derivatives writer and the
+    group reader: every measure reaches the sidecar, the files and volumes.tsv columns."""
+    import json
+
+    from deepbleed_bids.derivatives import write_outputs
+    from deepbleed_bids.group import collect_outputs
+    from deepbleed_bids.interfaces.trial import TrialMeasures
+    from deepbleed_bids.nifti import like
+    from deepbleed_bids.registration import register_rigid
+
+    img, brain, vent, plane = head
+    hu = np.asanyarray(img.dataobj)
+    reg = register_rigid(like(np.where(brain, hu, 0), img, dtype=np.int16), nib.load(str(template_path)),
+                         str(tmp_path / "reg_"))
+    case, clot, edema, moved, info = synth.trial_case(img, brain, 11, 35.0, "deep", edema_mm=5.0)
+    files = {}
+    for name, data, dtype in (("ct", np.asanyarray(case.dataobj), np.int16), ("brain", moved, np.uint8),
+                              ("hem", clot, np.uint8)):
+        files[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(like(data, img, dtype=dtype), files[name])
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tage\tgcs\nsub-01\t84\t11\n")
+    node = TrialMeasures(reference=files["ct"], brain_mask=files["brain"], hemorrhage_mask=files["hem"],
+                         transform=reg["transform"], bids_dir=str(bids),
+                         entities={"subject": "01", "session": "1"})
+    res = node.run(cwd=str(tmp_path / "node")).outputs
+    rec = res.measures
+    assert rec["Location"]["Class"] in ("deep", "lobar") and rec["Location"]["HemorrhageVolume"] == \
+        pytest.approx(info["volume_ml"], abs=0.05)
+    assert rec["Edema"]["EdemaVolume"] > 1.0 and rec["Midline"]["MidlineShift"] is not None
+    score = rec["ICHScore"]
+    assert score["Items"]["Volume"]["Points"] == 1 and score["Items"]["GCS"]["Points"] == 1
+    assert score["Items"]["Age"]["Points"] == 1 and score["Total"] == score["ImagingPoints"] + 2
+    atlas_img = nib.load(res.out_atlas)
+    assert np.array_equal(atlas_img.affine, img.affine) and atlas_img.shape == img.shape
+    edema_img = nib.load(res.out_edema)
+    assert np.array_equal(edema_img.affine, img.affine)
+    assert not (np.asanyarray(edema_img.dataobj).astype(bool) & clot).any()
+
+    # the writer and the group reader
+    out = tmp_path / "out"
+    relpath = "sub-01/ses-1/ct/sub-01_ses-1_ct.nii.gz"
+    config = {"output_dir": str(out), "brain_extraction": "native", "model_spec": {"id": "x"},
+              "template": str(template_path), "template_sha256": "0", "mask_method": "linear",
+              "threshold": 0.5, "seed": 1, "device": "cpu", "mixed_precision": False, "kernels": "all"}
+    paths = {"brain_mask": files["brain"], "hemorrhage_mask": files["hem"], "hemorrhage_probseg": files["hem"],
+             "preproc_template": files["hem"], "probseg_template": files["hem"], "transform": reg["transform"],
+             "edema_mask": res.out_edema, "atlas_dseg": res.out_atlas}
+    results = {"hemorrhage_volume_ml": info["volume_ml"], "hemorrhage_voxel_count": int(clot.sum()),
+               "brain_volume_ml": 1200.0, "voxel_volume_ml": 0.001, "trial": rec}
+    written = write_outputs(config, {"relpath": relpath}, paths, results)
+    names = {Path(p).name for p in written}
+    assert {"sub-01_ses-1_desc-edema_mask.nii.gz", "sub-01_ses-1_desc-atlas_dseg.nii.gz",
+            "sub-01_ses-1_desc-atlas_dseg.tsv"} <= names
+    meta = json.loads((out / "sub-01/ses-1/ct/sub-01_ses-1_desc-hemorrhage_mask.json").read_text())
+    assert meta["EdemaVolume"] == rec["Edema"]["EdemaVolume"] and meta["LocationClass"] == rec["Location"]["Class"]
+    assert meta["MidlineShift"] == rec["Midline"]["MidlineShift"] and meta["ICHScore"]["Total"] is not None
+    df, problems = collect_outputs(out)
+    assert not problems and df.loc[0, "edema_volume_ml"] == meta["EdemaVolume"]
+    assert df.loc[0, "location_class"] == meta["LocationClass"]
+    assert df.loc[0, "midline_shift_mm"] == meta["MidlineShift"]
+    assert df.loc[0, "ich_score_imaging"] == meta["ICHScore"]["ImagingPoints"]
