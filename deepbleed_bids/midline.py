@@ -10,11 +10,14 @@ mid-sagittal plane of the skull.
    not move with a mass effect, so the plane is that of the head before any shift.
 2. Midline structures: a slab +-30 mm about the plane is resampled on a plane-aligned
    0.5 mm (across) x 1 mm grid within the ventricle zone (the ventricles given, dilated by
-   10 mm). Along every line across the plane, ventricular CSF (smoothed HU < 15) forms runs;
+   10 mm). Along every line across the plane, ventricular CSF (smoothed HU < 15, connected to
+   the given ventricles: not the interhemispheric fissure beside the falx) forms runs;
    the septum pellucidum is a gap of 0.5-6 mm between two runs of >= 2 mm each (the two
    frontal horns / bodies). Where fewer than ``MIN_LINES`` such gaps exist (septum
    effaced or thick slices), isolated CSF slits 1.5-8 mm wide (the third ventricle) are
-   used. The shift is the median signed distance of those midpoints from the plane.
+   used. One midpoint per line (the one nearest the median of all) and only those within
+   5 mm of that median are kept (gaps between a ventricle and a sulcus are outliers); the
+   shift is their median signed distance from the plane.
 
 Sign: positive towards the patient's right (the plane normal points to world +x, RAS).
 An ESTIMATE with limits: needs the frontal horns or the third ventricle in the field of
@@ -30,6 +33,7 @@ BONE_HU = 300.0
 CSF_HU = 15.0
 MIN_LINES = 5
 MAX_SHIFT_MM = 25.0
+CONSENSUS_MM = 5.0
 
 
 def _zooms(affine):
@@ -138,6 +142,20 @@ def _runs(row):
     return list(zip(edges[::2], edges[1::2]))
 
 
+def _consensus(found, keep_mm=CONSENSUS_MM):
+    """One midpoint per line, the one nearest the median of all, and only those within keep_mm
+    of it: gaps between a ventricle and a sulcus or a cistern are outliers."""
+    if not found:
+        return []
+    m0 = float(np.median([f[0] for f in found]))
+    best = {}
+    for f in found:
+        key = (f[3], f[4])
+        if key not in best or abs(f[0] - m0) < abs(best[key][0] - m0):
+            best[key] = f
+    return [f for f in best.values() if abs(f[0] - m0) <= keep_mm]
+
+
 def midline_points(hu, affine, brain, ventricles, normal, offset, du=0.5, dv=1.0, zone_mm=10.0):
     """Septum / third-ventricle midpoints: (signed distances from the plane (mm), world points, kind)."""
     affine = np.asarray(affine, float)
@@ -155,6 +173,12 @@ def midline_points(hu, affine, brain, ventricles, normal, offset, du=0.5, dv=1.0
     zone = ndi.distance_transform_edt(~vent[box], sampling=zooms) <= zone_mm
     smooth = ndi.gaussian_filter(np.asarray(hu, np.float32)[box], 0.6 / zooms)
     csf = zone & np.asarray(brain, bool)[box] & (smooth < CSF_HU) & (smooth > -20)
+    # only CSF connected to the ventricles: the interhemispheric fissure beside the falx (which
+    # does not shift) and sulci would otherwise give gaps too
+    lab, n = ndi.label(csf)
+    if n:
+        keep = np.unique(lab[csf & vent[box]])
+        csf = np.isin(lab, keep[keep > 0])
     e1, e2 = _basis(normal)
     corners = _world(sub_aff, np.argwhere(zone))
     pv, pw = corners @ e1, corners @ e2
@@ -180,21 +204,21 @@ def midline_points(hu, affine, brain, ventricles, normal, offset, du=0.5, dv=1.0
                 if 0.5 <= gap <= 6.0 and a1 - a0 >= min_run and b1 - b0 >= min_run:
                     c = 0.5 * (us[a1 - 1] + us[b0])
                     if abs(c) <= MAX_SHIFT_MM:
-                        septum.append((c, vs[j], ws[k]))
+                        septum.append((c, vs[j], ws[k], j, k))
             for a0, a1 in runs:
                 width = (a1 - a0) * du
                 c = 0.5 * (us[a0] + us[a1 - 1])
                 free = int(round(5.0 / du))
                 if 1.5 <= width <= 8.0 and abs(c) <= MAX_SHIFT_MM and a0 >= free and a1 + free <= len(us) \
                         and not lines[a0 - free:a0, j, k].any() and not lines[a1:a1 + free, j, k].any():
-                    slits.append((c, vs[j], ws[k]))
+                    slits.append((c, vs[j], ws[k], j, k))
     kind = "septum pellucidum"
-    found = septum
-    if len(septum) < MIN_LINES:
-        found, kind = slits, "third ventricle"
+    found = _consensus(septum)
+    if len(found) < MIN_LINES:
+        found, kind = _consensus(slits), "third ventricle"
     if len(found) < MIN_LINES:
         return empty
-    arr = np.asarray(found, float)
+    arr = np.asarray(found, float)[:, :3]
     pts = (offset * normal)[None] + arr[:, :1] * normal + arr[:, 1:2] * e1 + arr[:, 2:3] * e2
     return arr[:, 0], pts, kind
 

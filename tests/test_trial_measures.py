@@ -190,9 +190,11 @@ def test_midline_shift_follows_a_known_mass_effect(head):
     assert base["MidlineShift"] is not None and base["MidlineShift"] < 3.0  # a normal head
     dist, pts, kind = M.midline_points(hu, img.affine, brain, vent, plane[0], plane[1])
     assert kind == "septum pellucidum"
-    case, clot, edema, moved, info = synth.trial_case(img, brain, 4, 40.0, "deep", edema_mm=0.0)
-    true = float(np.median(dist + synth.mass_effect_shift(pts, info["centre_mm"], 40.0) @ plane[0]))
-    assert abs(true - float(np.median(dist))) > 1.0  # the case really shifts the septum
+    # a 60 mL clot centred 28 mm to one side of the septum points, level with them
+    centre = np.median(pts, axis=0) + 28.0 * plane[0]
+    case, clot, edema, moved, info = synth.trial_case(img, brain, 4, 60.0, "lobar", centre, edema_mm=0.0)
+    true = float(np.median(dist + synth.mass_effect_shift(pts, info["centre_mm"], 60.0) @ plane[0]))
+    assert abs(true - float(np.median(dist))) > 1.5  # the case really shifts the septum
     shifted = M.midline_shift(np.asanyarray(case.dataobj).astype(np.float32), img.affine, moved, vent,
                               plane=plane)
     assert shifted["MidlineShiftSigned"] == pytest.approx(true, abs=1.5)
