@@ -164,14 +164,14 @@ def main():
             tot = est.sum() + truth_edema.sum()
             row["edema_dice"] = round(float(2 * (est & truth_edema).sum() / tot), 3) if tot else 1.0
         rows.append(row)
-        print(f"case {k:2d} {kind:16s} {row['volume_ml']:6.1f} mL -> {str(loc['Class']):16s} "
+        print(f"case {k:2d} {kind:16s} {row['volume_ml']:6.1f} mL -> {loc['Class']!s:16s} "
               f"({loc['LargestRegion']}); edema true {row['edema_true_ml']} est {row['edema_ml']} "
               f"(band {row['edema_band_ml']}); shift true {row['shift_true_mm']} est {row['shift_mm']}",
               flush=True)
     if args.shift_cases:
         shift_table(args, img, brain, vent, xfm, plane0, d0, p0, rng, times, timed, out_dir)
     if not rows:
-        print(f"\nper-stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+        print("\nper-stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
         print(f"peak memory {peak_gb():.2f} GB; CPU {cpu_model()} ({os.cpu_count()} cores)")
         return
     df = pd.DataFrame(rows)

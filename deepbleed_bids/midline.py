@@ -130,7 +130,7 @@ def skull_plane(hu, affine, brain, init=None, max_points=20000, seed=0):
                    options={"xtol": 0.05, "ftol": 1e-4, "maxfev": 400})
     n, d = plane(res.x)
     n, d = _orient(n, d)
-    return n, d, {"SymmetryCost": round(float(res.fun), 3), "BonePoints": int(len(pts)),
+    return n, d, {"SymmetryCost": round(float(res.fun), 3), "BonePoints": len(pts),
                   "Start": "template plane (rigid transform)" if init is not None else "scanner axes",
                   "TiltFromStartDeg": round(float(np.degrees(np.arccos(min(1.0, abs(n @ n0))))), 2)}
 
@@ -232,7 +232,7 @@ def midline_shift(hu, affine, brain, ventricles, transform=None, plane=None):
         normal, offset, plane_info = plane
     dist, pts, kind = midline_points(hu, affine, brain, ventricles, normal, offset)
     record = {"MidlineShift": None, "MidlineShiftUnits": "mm", "MidlineShiftDirection": None,
-              "MidlineStructure": kind if len(dist) else None, "MidlineLines": int(len(dist)),
+              "MidlineStructure": kind if len(dist) else None, "MidlineLines": len(dist),
               "MidSagittalPlane": {"Normal": [round(float(x), 5) for x in normal],
                                    "Offset": round(float(offset), 3), "Units": "mm, scanner RAS world",
                                    **plane_info}}

@@ -168,7 +168,7 @@ def head(head_and_brain):
 
 
 def test_skull_plane_is_found_from_a_rotated_start(head):
-    img, brain, vent, (n, d, info) = head
+    img, brain, _vent, (n, d, info) = head
     hu = np.asanyarray(img.dataobj)
     # the same head with its world turned 6 degrees about the vertical axis (affine only)
     rot = np.eye(4)
@@ -192,7 +192,7 @@ def test_midline_shift_follows_a_known_mass_effect(head):
     assert kind == "septum pellucidum"
     # a 60 mL clot centred 28 mm to one side of the septum points, level with them
     centre = np.median(pts, axis=0) + 28.0 * plane[0]
-    case, clot, edema, moved, info = synth.trial_case(img, brain, 4, 60.0, "lobar", centre, edema_mm=0.0)
+    case, _clot, _edema, moved, info = synth.trial_case(img, brain, 4, 60.0, "lobar", centre, edema_mm=0.0)
     true = float(np.median(dist + synth.mass_effect_shift(pts, info["centre_mm"], 60.0) @ plane[0]))
     assert abs(true - float(np.median(dist))) > 1.5  # the case really shifts the septum
     shifted = M.midline_shift(np.asanyarray(case.dataobj).astype(np.float32), img.affine, moved, vent,
@@ -250,11 +250,11 @@ def test_trial_node_writes_sidecar_fields_edema_and_atlas(head, template_path, t
     from deepbleed_bids.nifti import like
     from deepbleed_bids.registration import register_rigid
 
-    img, brain, vent, plane = head
+    img, brain, _, _ = head
     hu = np.asanyarray(img.dataobj)
     reg = register_rigid(like(np.where(brain, hu, 0), img, dtype=np.int16), nib.load(str(template_path)),
                          str(tmp_path / "reg_"))
-    case, clot, edema, moved, info = synth.trial_case(img, brain, 11, 35.0, "deep", edema_mm=5.0)
+    case, clot, _edema, moved, info = synth.trial_case(img, brain, 11, 35.0, "deep", edema_mm=5.0)
     files = {}
     for name, data, dtype in (("ct", np.asanyarray(case.dataobj), np.int16), ("brain", moved, np.uint8),
                               ("hem", clot, np.uint8)):

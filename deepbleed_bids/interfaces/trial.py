@@ -1,8 +1,14 @@
 """Nipype interface: location, perihematomal edema, midline shift, ICH score (deepbleed_bids.trial)."""
 import time
 
-from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined,
-                                    traits)
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 
 class _TrialInputSpec(BaseInterfaceInputSpec):
