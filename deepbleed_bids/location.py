@@ -69,7 +69,7 @@ def hemorrhage_location(hemorrhage, labels, brain, voxel_ml, names, ivh=None):
     per_class = {c: 0.0 for c in CLASSES}
     for name, ml in regions.items():
         per_class[region_class(name)] += ml
-    record = {"HemorrhageVolume": round(total, 3), "RegionVolumes": regions, "UnlabelledVolume": unlabelled,
+    record = {"HemorrhageInBrainVolume": round(total, 3), "RegionVolumes": regions, "UnlabelledVolume": unlabelled,
               "ClassVolumes": {c: round(v, 3) for c, v in per_class.items()},
               "LargestRegion": None, "LargestRegionShare": None, "Class": None, "Side": None}
     if total == 0 or not regions:

@@ -31,6 +31,7 @@ def trial_measures(hu, affine, brain, hemorrhage, labels, names, ivh=None, trans
     hem = np.asarray(hemorrhage, bool)
     labels = np.asarray(labels)
     vml = _voxel_ml(affine)
+    volume_ml = round(float(np.count_nonzero(hem) * vml), 3)  # the reported HemorrhageVolume
     problems = []
     location = L.hemorrhage_location(hem, labels, brain, vml, names, ivh)
     location.update(Atlas=ATLAS_SOURCE, Estimate=True)
@@ -54,11 +55,10 @@ def trial_measures(hu, affine, brain, hemorrhage, labels, names, ivh=None, trans
     if ivh_ml is None:
         ivh_ml = location["ClassVolumes"]["intraventricular"]
     try:
-        score = S.ich_score(location["HemorrhageVolume"], ivh_ml, location["Class"],
-                            clinical.get("gcs"), clinical.get("age"))
+        score = S.ich_score(volume_ml, ivh_ml, location["Class"], clinical.get("gcs"), clinical.get("age"))
     except ValueError as err:  # an off-scale gcs / age: the imaging items stay
         problems.append(f"ICH score: {err}")
-        score = S.ich_score(location["HemorrhageVolume"], ivh_ml, location["Class"])
+        score = S.ich_score(volume_ml, ivh_ml, location["Class"])
     return edema, {"Location": location, "Edema": edema_rec, "Midline": midline, "ICHScore": score,
                    "Problems": problems}
 

@@ -427,8 +427,11 @@ def test_trial_measures_in_sidecars_tables_and_report(cohort):
         meta = _sidecar(out, r["source"])
         assert meta["LocationClass"] in ("deep", "lobar", "infratentorial", "intraventricular")
         assert r["location_class"] == meta["LocationClass"] and r["largest_region"] == meta["LargestRegion"]
-        assert sum(meta["HemorrhageLocation"]["RegionVolumes"].values()) + meta["HemorrhageLocation"][
-            "UnlabelledVolume"] == pytest.approx(meta["HemorrhageVolume"], abs=0.01)
+        where = meta["HemorrhageLocation"]
+        assert sum(where["RegionVolumes"].values()) + where["UnlabelledVolume"] == pytest.approx(
+            where["HemorrhageInBrainVolume"], abs=0.01)
+        assert where["HemorrhageInBrainVolume"] <= meta["HemorrhageVolume"] + 1e-6
+        assert meta["ICHScore"]["Items"]["Volume"]["Input"] == pytest.approx(meta["HemorrhageVolume"], abs=1e-3)
         assert r["edema_volume_ml"] == pytest.approx(meta["EdemaVolume"], abs=1e-6)
         assert meta["RelativeEdema"] == pytest.approx(meta["EdemaVolume"] / meta["HemorrhageVolume"], rel=0.01)
         assert meta["MidlineShift"] is not None and r["midline_shift_mm"] == pytest.approx(meta["MidlineShift"])

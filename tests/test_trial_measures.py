@@ -146,7 +146,7 @@ def test_location_infratentorial_primary_ivh_and_unlabelled():
     assert rec["Class"] == "lobar" or rec["Class"] == "deep"  # no IVH: the ventricle label is ignored
     assert "Ventricle" not in rec["RegionVolumes"]
     none = L.hemorrhage_location(np.zeros(labels.shape, bool), labels, brain, 0.01, NAMES)
-    assert none["Class"] == "none" and none["HemorrhageVolume"] == 0
+    assert none["Class"] == "none" and none["HemorrhageInBrainVolume"] == 0
 
 
 # ---------------------------------------------------------------- real head: edema, midline
@@ -239,6 +239,10 @@ def test_derivative_names_and_atlas_table():
 # ---------------------------------------------------------------- the node and its outputs
 
 
+def score_input(rec):
+    return rec["ICHScore"]["Items"]["Volume"]["Input"]
+
+
 def test_trial_node_writes_sidecar_fields_edema_and_atlas(head, template_path, tmp_path):
     """TrialMeasures on a deep clot with a rim in the real head, then the derivatives writer and the
     group reader: every measure reaches the sidecar, the files and volumes.tsv columns."""
@@ -269,8 +273,9 @@ def test_trial_node_writes_sidecar_fields_edema_and_atlas(head, template_path, t
     (tmp_path / "node").mkdir()
     res = node.run(cwd=str(tmp_path / "node")).outputs
     rec = res.measures
-    assert rec["Location"]["Class"] in ("deep", "lobar") and rec["Location"]["HemorrhageVolume"] == \
+    assert rec["Location"]["Class"] in ("deep", "lobar") and rec["Location"]["HemorrhageInBrainVolume"] == \
         pytest.approx(info["volume_ml"], abs=0.05)
+    assert score_input(rec) == pytest.approx(info["volume_ml"], abs=0.01)
     assert rec["Edema"]["EdemaVolume"] > 1.0 and rec["Midline"]["MidlineShift"] is not None
     score = rec["ICHScore"]
     assert score["Items"]["Volume"]["Points"] == 1 and score["Items"]["GCS"]["Points"] == 1
