@@ -61,7 +61,10 @@ def hemorrhage_location(hemorrhage, labels, brain, voxel_ml, names, ivh=None):
     counts = np.bincount(labels[hem & ~vent].ravel().astype(np.int64), minlength=max(names) + 1)
     regions = {names[i]: round(float(c * voxel_ml), 3) for i, c in enumerate(counts)
                if c and i in names and i != vent_index}
-    unlabelled = round(float(counts[0] * voxel_ml), 3) if len(counts) else 0.0
+    # with the split's IVH, blood on the atlas ventricle label but outside the IVH part has no
+    # parenchymal region: it is unlabelled, not lost
+    stray = counts[vent_index] if vent_index is not None and vent_index < len(counts) else 0
+    unlabelled = round(float((counts[0] + stray) * voxel_ml), 3)
     regions = dict(sorted(regions.items(), key=lambda kv: -kv[1]))
     vent_ml = round(float(np.count_nonzero(vent) * voxel_ml), 3)
     if vent_ml:

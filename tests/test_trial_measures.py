@@ -143,8 +143,11 @@ def test_location_infratentorial_primary_ivh_and_unlabelled():
     hem2[25:26, :, :5] = True   # 50 insula
     assert L.hemorrhage_location(hem2, labels, brain, 0.01, NAMES)["Class"] == "intraventricular"
     rec = L.hemorrhage_location(hem2, labels, brain, 0.01, NAMES, ivh=np.zeros(labels.shape, bool))
-    assert rec["Class"] == "lobar" or rec["Class"] == "deep"  # no IVH: the ventricle label is ignored
-    assert "Ventricle" not in rec["RegionVolumes"]
+    # no IVH per the split: the blood on the atlas ventricle label is unlabelled, the insula decides
+    assert rec["Class"] == "deep" and "Ventricle" not in rec["RegionVolumes"]
+    assert rec["UnlabelledVolume"] == pytest.approx(5.0)
+    assert sum(rec["RegionVolumes"].values()) + rec["UnlabelledVolume"] == pytest.approx(
+        rec["HemorrhageInBrainVolume"])
     none = L.hemorrhage_location(np.zeros(labels.shape, bool), labels, brain, 0.01, NAMES)
     assert none["Class"] == "none" and none["HemorrhageInBrainVolume"] == 0
 
