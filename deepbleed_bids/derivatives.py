@@ -27,6 +27,8 @@ def plan_outputs(out_dir, relpath):
         "hemorrhage_mask": B.derivative_path(out_dir, relpath, "mask", desc="hemorrhage"),
         "hemorrhage_probseg": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage"),
         "hemorrhage_dseg": B.derivative_path(out_dir, relpath, "dseg", desc="hemorrhage"),
+        "edema_mask": B.derivative_path(out_dir, relpath, "mask", desc="edema"),
+        "atlas_dseg": B.derivative_path(out_dir, relpath, "dseg", desc="atlas"),
         "preproc_template": B.derivative_path(out_dir, relpath, "ct", desc="preproc", space=sp),
         "probseg_template": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage", space=sp),
         "transform": B.derivative_path(out_dir, relpath, "xfm", extension=".mat",
@@ -42,6 +44,15 @@ def dseg_tsv():
         f"{i}\t{name}\t{text}\n" for i, (name, text) in sorted(DSEG_LABELS.items()))
 
 
+def atlas_tsv():
+    """The look-up table of the native atlas dseg (``*_desc-atlas_dseg.tsv``): BLAST-CT regions."""
+    from .atlas import atlas_labels
+    from .location import region_class
+
+    return "index\tname\tclass\n" + "".join(f"{i}\t{n}\t{region_class(n)}\n"
+                                            for i, n in sorted(atlas_labels().items()))
+
+
 def split_fields(split):
     """The IVH / parenchymal fields of the hemorrhage sidecar (empty when the split did not run)."""
     if not split:
@@ -53,6 +64,12 @@ def split_fields(split):
                                    if k not in ("IntraventricularVolume", "ParenchymalVolume")},
                                 "Note": "ESTIMATE from anatomy (atlas ventricle prior refined on the scan), "
                                         "not from IVH labels; not validated on labelled scans"}}
+
+
+def trial_fields(record):
+    from .trial import sidecar_fields
+
+    return sidecar_fields(record)
 
 
 def sidecar_path(path):
@@ -131,6 +148,7 @@ def build_sidecars(config, source, results):
         "QC": results.get("qc", {}),
         **split_fields(results.get("split")),
         **({"Uncertainty": results["uncertainty"]} if results.get("uncertainty") else {}),
+        **trial_fields(results.get("trial")),
         **registration,
         **provenance,
     }
@@ -148,6 +166,19 @@ def build_sidecars(config, source, results):
             "Description": "the hemorrhage mask split into parenchymal (ICH, 1) and intraventricular "
                            "(IVH, 2) parts: an ESTIMATE from anatomy, not from IVH labels",
             **native_ref, **split_fields(results.get("split")), **provenance},
+        "edema_mask": {
+            "Sources": raw + [f"bids::{Path(plan_outputs('', source['relpath'])['hemorrhage_mask'])}"],
+            "Type": "Lesion", "LesionClass": "perihematomal edema", **native_ref,
+            "Description": "perihematomal edema: an automated, label-free ESTIMATE after Volbers et al. "
+                           "2018 (5-33 HU next to the clot); see deepbleed_bids.edema",
+            **{k: v for k, v in trial_fields(results.get("trial")).items()
+               if k in ("EdemaVolume", "EdemaVolumeUnits", "RelativeEdema", "PerihematomalEdema")},
+            **provenance},
+        "atlas_dseg": {
+            "Sources": raw + ["BLAST-CT atlas (deepbleed_bids/data/atlas), carried through the rigid transform"],
+            "Description": "the BLAST-CT 31-region atlas carried to this scan (genericLabel) and restricted "
+                           "to the brain mask; classes in the .tsv",
+            "License": "Apache-2.0 (BLAST-CT)", **native_ref, **provenance},
         "preproc_template": {"Sources": raw, **template_ref, "SkullStripped": True, "Interpolation": "nearestNeighbor",
                              "Description": "network input: raw HU, 0 outside the brain, template grid",
                              "RegistrationSimilarity": results.get("similarity"), **provenance},
@@ -180,6 +211,10 @@ def write_outputs(config, source, files, results):
         if "hemorrhage_dseg" in files:
             tsv = Path(str(targets["hemorrhage_dseg"])[: -len(".nii.gz")] + ".tsv")
             (staging / tsv.name).write_text(dseg_tsv())
+            moves.append((staging / tsv.name, tsv))
+        if "atlas_dseg" in files:
+            tsv = Path(str(targets["atlas_dseg"])[: -len(".nii.gz")] + ".tsv")
+            (staging / tsv.name).write_text(atlas_tsv())
             moves.append((staging / tsv.name, tsv))
         # the hemorrhage mask's sidecar (the volumes) lands last: if it exists, all do
         moves.sort(key=lambda m: m[1] == sidecar_path(targets["hemorrhage_mask"]))

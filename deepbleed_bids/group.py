@@ -50,6 +50,19 @@ VOLUME_COLUMNS = {
     "pass_dice": "smallest Dice between a test-time pass's mask and the averaged mask (n/a with one pass)",
     "tta": "test-time augmentation run (none, flip, flip+mc)",
     "brain_volume_ml": "brain mask volume (mL)",
+    "location_class": "ESTIMATED location: deep / lobar / infratentorial / intraventricular (BLAST-CT atlas)",
+    "largest_region": "the atlas region holding the largest share of the hemorrhage",
+    "largest_region_share": "that region's share of the hemorrhage volume (0-1)",
+    "hemorrhage_side": "left / right / bilateral (>= 80 % on one side) of the labelled hemorrhage",
+    "edema_volume_ml": "ESTIMATED perihematomal edema (mL; label-free, after Volbers et al. 2018)",
+    "relative_edema": "edema / hemorrhage volume",
+    "midline_shift_mm": "ESTIMATED midline shift: septum pellucidum (or third ventricle) from the skull's "
+                        "mid-sagittal plane (mm)",
+    "midline_shift_direction": "towards the patient's left or right",
+    "ich_score_imaging": "ICH score points from the image: volume >= 30 mL, IVH, infratentorial origin (0-3)",
+    "gcs": "Glasgow Coma Scale (sessions.tsv, else participants.tsv) when given",
+    "age": "age in years (sessions.tsv, else participants.tsv) when given",
+    "ich_score": "ICH score (Hemphill 2001, 0-6): only when gcs and age are known",
     "abc2_ml": "automated ABC/2 of the largest hemorrhage component (mL); see deepbleed_bids.qc.abc2",
     "abc2_a_mm": "A: largest axial diameter on the slice of largest area (mm)",
     "abc2_b_mm": "B: largest extent perpendicular to A on that slice (mm)",
@@ -77,6 +90,8 @@ LONGITUDINAL_COLUMNS = {
     "ivh_change_first_ml": "ESTIMATED intraventricular volume minus the first scan's (mL)",
     "parenchymal_change_prev_ml": "ESTIMATED parenchymal volume minus the previous scan's (mL)",
     "parenchymal_change_first_ml": "ESTIMATED parenchymal volume minus the first scan's (mL)",
+    "edema_change_prev_ml": "ESTIMATED perihematomal edema minus the previous scan's (mL): edema growth",
+    "edema_change_first_ml": "ESTIMATED perihematomal edema minus the first scan's (mL)",
     "expansion": "growth from the first scan > expansion_ml or > expansion_pct (pre-treatment scans)",
     "expansion_prev": "the same criterion against the previous scan",
     "post_treatment": "scan after surgery",
@@ -126,6 +141,15 @@ def _record(path, out_dir, thresholds):
         "pass_dice": unc.get("PassDice") if unc.get("Passes", 1) > 1 else None,
         "tta": unc.get("TTA"),
         "brain_volume_ml": meta.get("BrainVolume"),
+        "location_class": meta.get("LocationClass"),
+        "largest_region": meta.get("LargestRegion"),
+        "largest_region_share": (meta.get("HemorrhageLocation") or {}).get("LargestRegionShare"),
+        "hemorrhage_side": (meta.get("HemorrhageLocation") or {}).get("Side"),
+        "edema_volume_ml": meta.get("EdemaVolume"),
+        "relative_edema": meta.get("RelativeEdema"),
+        "midline_shift_mm": meta.get("MidlineShift"),
+        "midline_shift_direction": meta.get("MidlineShiftDirection"),
+        "ich_score_imaging": (meta.get("ICHScore") or {}).get("ImagingPoints"),
         "abc2_ml": metrics.get("ABC2Volume"),
         "abc2_a_mm": abc.get("A"),
         "abc2_b_mm": abc.get("B"),
@@ -157,7 +181,7 @@ def collect_outputs(out_dir, thresholds=None):
             rows.append(_record(path, out_dir, thresholds))
         except (OSError, ValueError, TypeError, AttributeError) as err:
             problems.append({"file": str(path.relative_to(out_dir)), "problem": f"unreadable sidecar: {err}"})
-    columns = [*VOLUME_COLUMNS, "report", "derivative"]
+    columns = [c for c in VOLUME_COLUMNS if c not in ("gcs", "age", "ich_score")] + ["report", "derivative"]
     return pd.DataFrame(rows, columns=columns), problems
 
 
@@ -257,6 +281,36 @@ def add_participants(df, participants_tsv, problems=None):
     return df.merge(info, on="participant_id", how="left")
 
 
+def add_ich_score(df, sessions=None):
+    """gcs and age (the session's row of sub-X_sessions.tsv first, else participants.tsv columns
+    already joined) and the full ICH score where every item is known (deepbleed_bids.ichscore)."""
+    from .ichscore import age_points, gcs_points
+
+    df = df.copy()
+    sessions = sessions or {}
+    for column in ("gcs", "age"):
+        values = []
+        for _, row in df.iterrows():
+            table = sessions.get(row["participant_id"])
+            value = None
+            if table is not None and column in table.columns and row["session"] in table.index:
+                value = table.at[row["session"], column]
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                value = row.get(column) if column in df.columns else None
+            values.append(pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0])
+        df[column] = values
+    totals = []
+    for _, row in df.iterrows():
+        try:
+            gp, ap = gcs_points(row["gcs"]), age_points(row["age"])
+        except ValueError:
+            gp = ap = None  # off-scale values: no total
+        img = pd.to_numeric(pd.Series([row.get("ich_score_imaging")]), errors="coerce").iloc[0]
+        totals.append(int(img) + gp + ap if None not in (gp, ap) and img == img else None)
+    df["ich_score"] = pd.array(totals, dtype="Int64")
+    return df
+
+
 # ---------------------------------------------------------------- statistics
 
 
@@ -277,7 +331,8 @@ def first_scans(df):
 
 
 SUMMARY_VARIABLES = ("hemorrhage_volume_ml", "intraventricular_volume_ml", "parenchymal_volume_ml",
-                     "uncertain_volume_ml", "abc2_ml", "brain_volume_ml")
+                     "uncertain_volume_ml", "abc2_ml", "brain_volume_ml", "edema_volume_ml", "relative_edema",
+                     "midline_shift_mm", "ich_score_imaging", "ich_score")
 
 
 def volume_summary(df, group_by=(), variables=SUMMARY_VARIABLES):
@@ -429,7 +484,8 @@ def longitudinal(df, expansion_ml=6.0, expansion_pct=33.0, post_sessions=(), ses
                            mistie_target_met=True if met else (False if red == red else None))
             else:
                 row.update(reference_volume_ml=float("nan"), reduction_pct=float("nan"), mistie_target_met=None)
-            for part, column in (("ivh", "intraventricular_volume_ml"), ("parenchymal", "parenchymal_volume_ml")):
+            for part, column in (("ivh", "intraventricular_volume_ml"), ("parenchymal", "parenchymal_volume_ml"),
+                                 ("edema", "edema_volume_ml")):
                 series = pd.to_numeric(part_df_col(part_frame, column), errors="coerce").to_numpy(float)
                 row[column] = series[k]
                 row[f"{part}_change_prev_ml"] = series[k] - series[k - 1] if k else float("nan")
@@ -441,7 +497,8 @@ def longitudinal(df, expansion_ml=6.0, expansion_pct=33.0, post_sessions=(), ses
                "change_first_ml", "change_first_pct", "expansion", "expansion_prev", "post_treatment",
                "reference_volume_ml", "reduction_pct", "mistie_target_met",
                "intraventricular_volume_ml", "ivh_change_prev_ml", "ivh_change_first_ml",
-               "parenchymal_volume_ml", "parenchymal_change_prev_ml", "parenchymal_change_first_ml", "qc_flags"]
+               "parenchymal_volume_ml", "parenchymal_change_prev_ml", "parenchymal_change_first_ml",
+               "edema_volume_ml", "edema_change_prev_ml", "edema_change_first_ml", "qc_flags"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -558,6 +615,7 @@ def run_group(config, log=print):
     sessions = sessions_tables(config.bids_dir, sorted(df["participant_id"].unique()))
     df = order_scans(df, metadata, sessions)
     df = add_participants(df, Path(config.bids_dir) / "participants.tsv", problems)
+    df = add_ich_score(df, sessions)
     unknown = [c for c in config.group_by if c not in df.columns]
     if unknown:
         tsv = [f"{p['file']}: {p['problem']}" for p in problems if p["file"].endswith("participants.tsv")]

@@ -811,3 +811,103 @@ def registration_case(img, brain_mask, rng, max_rotation_deg=35.0, max_shift_mm=
                 shift_mm=[round(float(a), 2) for a in motion[:3, 3]], slice_mm=thick,
                 tilt_deg=tilt, keep=list(keep), noise_sd_hu=noise, shape=list(case.shape))
     return case, info
+
+
+# ------------------------------------------- trial measures: edema rim, location, shift
+# Cases for the location / perihematomal edema / midline-shift benchmark: a hematoma with a
+# known hypodense rim (the truth edema mask is returned), optionally pushing the brain
+# (mass_effect above) by a known displacement.
+
+
+def insert_hematoma_with_edema(img, brain_mask, volume_ml, rng=None, location="random", center_mm=None,
+                               edema_mm=4.0, edema_hu=20.0, mean_hu=None, texture_sd=6.0,
+                               hu_range=(40, 90)):
+    """A hematoma with a hypodense edema rim of about ``edema_mm`` and its truth masks.
+
+    The rim is the one of :func:`insert_hematoma` (towards ``edema_hu`` in parenchyma,
+    full strength over its inner half, fading outwards). The truth edema is every voxel
+    outside the clot whose HU was lowered by at least half the full edema drop (the clot
+    painted twice from the same random state, with and without the rim, tells exactly
+    what the rim changed). Returns (image, clot mask, edema mask, info) with
+    info["edema_ml"].
+    """
+    import copy
+
+    rng = _rng(rng)
+    data = _as_float(img)
+    brain = np.asarray(brain_mask, bool)
+    affine = np.asarray(img.affine, float)
+    mask, info = hematoma_mask(brain, affine, volume_ml, rng, location, center_mm, image=data)
+    mean_hu = float(rng.uniform(55, 80)) if mean_hu is None else float(mean_hu)
+    state = copy.deepcopy(rng.bit_generator.state)
+    with_rim, plain = data.copy(), data.copy()
+    _paint(with_rim, brain, mask, affine, rng, hu_range, mean_hu, texture_sd, edema_mm, edema_hu)
+    twin = np.random.default_rng()
+    twin.bit_generator.state = state
+    _paint(plain, brain, mask, affine, twin, hu_range, mean_hu, texture_sd, 0.0, edema_hu)
+    edema = np.zeros(mask.shape, bool)
+    if edema_mm > 0 and mask.any():
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        box = _bbox(mask, np.ceil((edema_mm * 1.5 + 3.0) / zooms).astype(int))
+        orig = data[box]
+        tissue = ((orig > 10) & (orig < 55)).astype(np.float32)
+        local = ndi.gaussian_filter(orig * tissue, 1.5 / zooms) / np.maximum(
+            ndi.gaussian_filter(tissue, 1.5 / zooms), 1e-3)
+        full = np.clip(local - edema_hu, 0.0, None)
+        drop = plain[box] - with_rim[box]
+        edema[box] = ~mask[box] & brain[box] & (full >= 2.0) & (drop >= 0.5 * full)
+    info.update(mean_hu=mean_hu, edema_mm=float(edema_mm), edema_hu=float(edema_hu),
+                edema_ml=float(edema.sum() * _voxel_ml(affine)))
+    return _like(img, with_rim), mask, edema, info
+
+
+def mass_effect_shift(points_mm, centre_mm, volume_ml, reach_mm=35.0):
+    """Where :func:`mass_effect` moves world points of the brain (deep inside it): the forward
+    displacement vectors (mm), solving its radial backward map numerically."""
+    points = np.atleast_2d(np.asarray(points_mm, float))
+    centre = np.asarray(centre_mm, float)
+    radius = _radius(volume_ml)
+    rel = points - centre
+    rho_s = np.linalg.norm(rel, axis=1) + 1e-9
+
+    def back(rho):
+        source = np.cbrt(np.maximum(rho ** 3 - radius ** 3, 0.0))
+        weight = np.exp(-0.5 * (np.maximum(rho - radius, 0) / reach_mm) ** 2)
+        return rho - weight * (rho - source)
+
+    lo, hi = rho_s.copy(), rho_s + radius + 1.0
+    for _ in range(60):  # bisection: back() is increasing in rho
+        mid = 0.5 * (lo + hi)
+        below = back(mid) < rho_s
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    rho_t = 0.5 * (lo + hi)
+    return rel * ((rho_t - rho_s) / rho_s)[:, None]
+
+
+def trial_case(img, brain_mask, rng, volume_ml, location="deep", center_mm=None, edema_mm=4.0,
+               edema_hu=20.0, push=True, reach_mm=35.0):
+    """One case for the trial-measures benchmark: (image, clot, edema, brain mask, info).
+
+    A hematoma of ``volume_ml`` at ``location`` (or ``center_mm``), with mass effect when
+    ``push`` (the brain pushed as by a mass of that volume; info["centre_mm"] and
+    ``mass_effect_shift`` give the truth displacement of any point) and an edema rim of
+    ``edema_mm``. Everything stays on the source grid.
+    """
+    rng = _rng(rng)
+    brain = np.asarray(brain_mask, bool)
+    affine = np.asarray(img.affine, float)
+    if center_mm is None:
+        maps = _Maps(brain, affine, _as_float(img))
+        center_mm = _place(maps, brain, affine, location, _radius(volume_ml), rng)
+    centre = np.asarray(center_mm, float)
+    work, info = img, {"centre_mm": centre.tolist(), "location": location, "pushed": bool(push),
+                       "reach_mm": reach_mm, "requested_ml": float(volume_ml)}
+    if push:
+        work, brain, effect = mass_effect(img, brain, centre, volume_ml, reach_mm)
+        info["max_shift_mm"] = effect["max_shift_mm"]
+    grow_as = location if location in LOCATIONS else "lobar"
+    case, clot, edema, lesion = insert_hematoma_with_edema(work, brain, volume_ml, rng, grow_as, centre,
+                                                           edema_mm, edema_hu)
+    info.update(volume_ml=lesion["volume_ml"], edema_ml=lesion["edema_ml"], edema_mm=float(edema_mm),
+                mean_hu=lesion["mean_hu"])
+    return case, clot, edema, brain, info

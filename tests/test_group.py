@@ -167,6 +167,7 @@ def cohort(head_and_brain, asset_home, tmp_path_factory):
     (bids / "participants.tsv").write_text("participant_id\tarm\tage\nsub-01\tmedical\t61\n"
                                            "sub-02\tsurgery\t70\nsub-03\tsurgery\t55\n")
     (bids / "sub-02" / "sub-02_sessions.tsv").write_text("session_id\tpost_treatment\nses-1\t0\nses-2\t1\n")
+    (bids / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tgcs\nses-1\t9\nses-2\t4\n")  # ICH score
     model = "synthetic-demo"
     out = tmp / "out"
     env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
@@ -416,3 +417,48 @@ def test_group_reapplies_qc_thresholds(cohort, tmp_path):
     for flags in vol["qc_flags"]:
         assert not {"hyperdensity_disagreement", "outside_brain", "skull_contact"} & set(flags.split(";"))
     assert main([str(cohort["bids"]), str(out), "group", "--qc-thresholds", '{"nope": 1}']) == 1
+
+
+@pytest.mark.slow
+def test_trial_measures_in_sidecars_tables_and_report(cohort):
+    """Location, edema, midline shift and ICH score reach the sidecar, volumes.tsv, the summaries,
+    the longitudinal table and the report; the ICH total needs gcs (sessions.tsv) and age."""
+    from deepbleed_bids.ichscore import gcs_points
+
+    out = cohort["out"]
+    vol = pd.read_csv(out / "group" / "volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    for _, r in vol.iterrows():
+        meta = _sidecar(out, r["source"])
+        assert meta["LocationClass"] in ("deep", "lobar", "infratentorial", "intraventricular")
+        assert r["location_class"] == meta["LocationClass"] and r["largest_region"] == meta["LargestRegion"]
+        where = meta["HemorrhageLocation"]
+        assert sum(where["RegionVolumes"].values()) + where["UnlabelledVolume"] == pytest.approx(
+            where["HemorrhageInBrainVolume"], abs=0.01)
+        assert where["HemorrhageInBrainVolume"] <= meta["HemorrhageVolume"] + 1e-6
+        assert meta["ICHScore"]["Items"]["Volume"]["Input"] == pytest.approx(meta["HemorrhageVolume"], abs=1e-3)
+        assert r["edema_volume_ml"] == pytest.approx(meta["EdemaVolume"], abs=1e-6)
+        assert meta["RelativeEdema"] == pytest.approx(meta["EdemaVolume"] / meta["HemorrhageVolume"], rel=0.01)
+        assert meta["MidlineShift"] is not None and r["midline_shift_mm"] == pytest.approx(meta["MidlineShift"])
+        edema = out / r["source"].replace("_ct.nii.gz", "_desc-edema_mask.nii.gz")
+        atlas = out / r["source"].replace("_ct.nii.gz", "_desc-atlas_dseg.nii.gz")
+        mask = nib.load(out / r["source"].replace("_ct.nii.gz", "_desc-hemorrhage_mask.nii.gz"))
+        for path in (edema, atlas):
+            img = nib.load(path)
+            assert np.array_equal(img.affine, mask.affine) and img.shape == mask.shape
+        assert not (np.asanyarray(nib.load(edema).dataobj).astype(bool) & (np.asanyarray(mask.dataobj) > 0)).any()
+        assert atlas.with_suffix("").with_suffix(".tsv").read_text().startswith("index\tname\tclass")
+        score = meta["ICHScore"]
+        assert r["ich_score_imaging"] == score["ImagingPoints"]
+        assert score["Items"]["Volume"]["Points"] == int(meta["HemorrhageVolume"] >= 30)
+        if r["participant_id"] == "sub-01":  # gcs in sessions.tsv, age in participants.tsv
+            assert r["ich_score"] == score["Total"] == score["ImagingPoints"] + gcs_points(r["gcs"]) + 0
+        else:  # no gcs: no total
+            assert pd.isna(r["ich_score"]) and score["Total"] is None
+    summary = pd.read_csv(out / "group" / "summary.tsv", sep="\t")
+    assert {"edema_volume_ml", "midline_shift_mm", "ich_score_imaging"} <= set(summary["variable"])
+    assert "arm" in set(summary.query("variable == 'edema_volume_ml'")["group_by"])
+    long = pd.read_csv(out / "group" / "longitudinal.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    s1 = long[long["participant_id"] == "sub-01"].sort_values("scan_order")
+    assert s1["edema_change_prev_ml"].iloc[1] == pytest.approx(
+        s1["edema_volume_ml"].iloc[1] - s1["edema_volume_ml"].iloc[0], abs=1e-6)
+    assert "Location, perihematomal edema, midline shift" in (out / "sub-01.html").read_text()

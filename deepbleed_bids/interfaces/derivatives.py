@@ -27,6 +27,9 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     hemorrhage_dseg = File(exists=True, desc="native dseg: 1 ICH (parenchymal), 2 IVH")
     split = traits.Dict(desc="IVH / parenchymal volumes (deepbleed_bids.ventricles)")
     uncertainty = traits.Dict(desc="the Uncertainty record (deepbleed_bids.uncertainty)")
+    edema_mask = File(exists=True, desc="native perihematomal edema mask (estimate)")
+    atlas_dseg = File(exists=True, desc="the BLAST-CT atlas on the native grid")
+    trial = traits.Dict(desc="location, edema, midline shift, ICH score (deepbleed_bids.trial)")
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -50,8 +53,9 @@ class WriteDerivatives(SimpleInterface):
         from nipype.interfaces.base import isdefined
 
         files = {k: getattr(self.inputs, k) for k in keys}
-        if isdefined(self.inputs.hemorrhage_dseg):
-            files["hemorrhage_dseg"] = self.inputs.hemorrhage_dseg
+        for key in ("hemorrhage_dseg", "edema_mask", "atlas_dseg"):
+            if isdefined(getattr(self.inputs, key)):
+                files[key] = getattr(self.inputs, key)
         brain = nib.load(files["brain_mask"])
         results = {
             "hemorrhage_volume_ml": self.inputs.hemorrhage_volume_ml,
@@ -69,6 +73,7 @@ class WriteDerivatives(SimpleInterface):
             "qc": dict(self.inputs.qc),
             "split": dict(self.inputs.split) if isdefined(self.inputs.split) else {},
             "uncertainty": dict(self.inputs.uncertainty) if isdefined(self.inputs.uncertainty) else {},
+            "trial": dict(self.inputs.trial) if isdefined(self.inputs.trial) else {},
         }
         self._results["out_files"] = write_outputs(self.inputs.config, self.inputs.source, files, results)
         return runtime

@@ -200,3 +200,57 @@ def split_uncertainty_mosaic(ct, dseg, prob, zooms, n=12, cols=6, band=(0.2, 0.8
         _contour(ax, dseg[sx, sy, k] == 2, IVH_COLOR, 1.0)
         _label(ax, f"z {k}", "bl", 7)
     return _png(fig)
+
+
+CLASS_COLORS = {"deep": "#ffb000", "lobar": "#7CFC00", "infratentorial": "#c77dff", "intraventricular": "#3d8bff"}
+EDEMA_COLOR = "#ffff66"
+MIDLINE_COLORS = ("#00ffd5", "#ff4fd8")  # skull mid-sagittal plane, plane through the septum
+
+
+def trial_mosaic(ct_img, atlas_img, bleed_img, edema_img, classes, plane=None, shift_mm=None, n=8, cols=4):
+    """Axial slices through the hemorrhage (or the ventricles): atlas regions outlined and coloured
+    by location class, the hemorrhage (red) and the estimated edema (yellow) outlined, the skull's
+    mid-sagittal plane (cyan) and the parallel plane through the septum (magenta, dashed).
+
+    classes: {atlas index: class}; plane: (normal, offset) in world mm; shift_mm: signed.
+    """
+    ras = nib.as_closest_canonical(ct_img)
+    ct = np.asanyarray(ras.dataobj)
+    zooms = np.array(ras.header.get_zooms()[:3], float)
+    atlas = np.asanyarray(nib.as_closest_canonical(atlas_img).dataobj)
+    bleed = np.asanyarray(nib.as_closest_canonical(bleed_img).dataobj) > 0
+    edema = np.asanyarray(nib.as_closest_canonical(edema_img).dataobj) > 0 if edema_img is not None \
+        else np.zeros(bleed.shape, bool)
+    vent_index = next((i for i, c in classes.items() if c == "intraventricular"), None)
+    focus = bleed | edema if bleed.any() else atlas == vent_index
+    slices = pick_slices(focus, n)
+    if not slices:
+        return None
+    fig, axes = _figure(len(slices), min(cols, len(slices)), panel_in=2.6)
+    aff = ras.affine
+    ii, jj = np.meshgrid(np.arange(ct.shape[0]), np.arange(ct.shape[1]), indexing="ij")
+    for ax, k in zip(axes, slices):
+        _show(ax, ct[:, :, k], zooms)
+        lab = atlas[:, :, k]
+        for cls, color in CLASS_COLORS.items():
+            idx = [i for i, c in classes.items() if c == cls]
+            _fill(ax, np.isin(lab, idx), color, zooms, alpha=0.12)
+        # region borders: where the label changes
+        border = (np.diff(lab, axis=0, prepend=lab[:1]) != 0) | (np.diff(lab, axis=1, prepend=lab[:, :1]) != 0)
+        _fill(ax, border & (lab > 0), "#ffffff", zooms, alpha=0.25)
+        _contour(ax, bleed[:, :, k], BLEED_COLOR, 1.0)
+        _contour(ax, edema[:, :, k], EDEMA_COLOR, 0.9)
+        if plane is not None:
+            normal, offset = np.asarray(plane[0], float), float(plane[1])
+            world = aff[:3, 0, None, None] * ii + aff[:3, 1, None, None] * jj \
+                + (aff[:3, 2] * k + aff[:3, 3])[:, None, None]
+            signed = np.tensordot(normal, world, axes=1) - offset
+            levels = [(0.0, MIDLINE_COLORS[0], "solid")]
+            if shift_mm is not None:
+                levels.append((float(shift_mm), MIDLINE_COLORS[1], "dashed"))
+            for level, color, style in levels:
+                if signed.min() < level < signed.max():
+                    ax.contour(signed.T[:, ::-1], levels=[level], colors=[color], linewidths=0.8,
+                               linestyles=style)
+        _label(ax, f"z {k}", "bl", 7)
+    return _png(fig)

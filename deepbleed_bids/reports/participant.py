@@ -79,6 +79,9 @@ def _figures(out_dir, bids_dir, relpath, meta):
         split_fig = _split_figure(files, ct, zooms, relpath)
         if split_fig:
             parts.append(split_fig)
+        trial_fig = _trial_figure(files, ct_img, meta, relpath)
+        if trial_fig:
+            parts.append(trial_fig)
     else:
         notes.append(f"source CT {relpath} not found in the BIDS dataset: native-space figures omitted")
     template = Path((meta.get("Template") or {}).get("Path") or "")
@@ -112,6 +115,40 @@ def _split_figure(files, ct, zooms, relpath):
             f"<span style='background:{F.IVH_COLOR}'></span>intraventricular (IVH): an estimate from "
             "anatomy, not from IVH labels; filled: uncertainty map, voxels of probability 0.2-0.8 "
             "(yellow: 0.5)</p>" + H.embedded_png(png, f"{relpath} split and uncertainty"))
+
+
+def _trial_figure(files, ct_img, meta, relpath):
+    """Location (atlas regions by class), edema outline and midline (deepbleed_bids.trial)."""
+    import nibabel as nib
+
+    from ..atlas import atlas_labels
+    from ..location import region_class
+    from . import figures as F
+
+    atlas_path, edema_path = Path(files["atlas_dseg"]), Path(files["edema_mask"])
+    if not atlas_path.is_file():
+        return ""
+    classes = {i: region_class(n) for i, n in atlas_labels().items()}
+    measure = meta.get("MidlineShiftMeasurement") or {}
+    msp = measure.get("MidSagittalPlane") or {}
+    plane = (msp["Normal"], msp["Offset"]) if msp.get("Normal") else None
+    png = F.trial_mosaic(ct_img, nib.load(str(atlas_path)), nib.load(str(files["hemorrhage_mask"])),
+                         nib.load(str(edema_path)) if edema_path.is_file() else None, classes, plane,
+                         measure.get("MidlineShiftSigned"))
+    if png is None:
+        return ""
+    legend = "".join(f"<span style='background:{c}'></span>{k}" for k, c in F.CLASS_COLORS.items())
+    text = (f"location {meta.get('LocationClass')} (largest share: {meta.get('LargestRegion')}); "
+            f"edema {meta.get('EdemaVolume')} mL (relative {meta.get('RelativeEdema')}); midline shift "
+            f"{meta.get('MidlineShift')} mm {meta.get('MidlineShiftDirection') or ''}; ICH score "
+            f"{(meta.get('ICHScore') or {}).get('Total', 'n/a')} (imaging points "
+            f"{(meta.get('ICHScore') or {}).get('ImagingPoints')})")
+    return ("<h3>Location, perihematomal edema, midline shift (estimates)</h3><p class='legend'>atlas regions "
+            f"by class {legend}<span style='background:{F.BLEED_COLOR}'></span>hemorrhage"
+            f"<span style='background:{F.EDEMA_COLOR}'></span>edema (estimate)"
+            f"<span style='background:{F.MIDLINE_COLORS[0]}'></span>skull mid-sagittal plane"
+            f"<span style='background:{F.MIDLINE_COLORS[1]}'></span>through the septum</p><p>{text}</p>"
+            + H.embedded_png(png, f"{relpath} location, edema, midline"))
 
 
 def _uncertainty_text(meta):

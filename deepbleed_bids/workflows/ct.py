@@ -7,14 +7,15 @@ from ..interfaces.dicom import WriteDicom
 from ..interfaces.qc import ComputeQC
 from ..interfaces.registration import ToNative
 from ..interfaces.segment import Uncertainty, VNetSegment
+from ..interfaces.trial import TrialMeasures
 from ..interfaces.ventricles import HemorrhageSplit
 from .preproc import init_preproc_wf
 
 
-def _timings(clamp, brain, register, segment, forward, native, split=0.0):
+def _timings(clamp, brain, register, segment, forward, native, split=0.0, trial=0.0):
     return {"clamp": clamp, "brain_extraction": brain, "registration": register,
             "segmentation": segment, "vnet_forward": forward, "to_native": native,
-            "ivh_split": split}
+            "ivh_split": split, "trial_measures": trial}
 
 
 def init_ct_wf(config, source, name=None):
@@ -37,6 +38,9 @@ def init_ct_wf(config, source, name=None):
     uncertainty = pe.Node(Uncertainty(), name="uncertainty", mem_gb=1.0)
     split = pe.Node(HemorrhageSplit(threshold=config.threshold, seed=config.seed), name="ivh_split",
                     n_procs=threads, mem_gb=2.0)
+    trial = pe.Node(TrialMeasures(bids_dir=str(getattr(config, "bids_dir", "") or ""),
+                                  entities=source.get("entities", {})),
+                    name="trial_measures", mem_gb=2.0)
     timings = pe.Node(niu.Function(function=_timings, output_names=["timings"]), name="timings")
     qc = pe.Node(ComputeQC(template=config.template, metadata=source.get("metadata", {}),
                            thresholds=getattr(config, "qc_thresholds", {}) or {}),
@@ -61,6 +65,12 @@ def init_ct_wf(config, source, name=None):
         (segment, split, [("out_probseg", "probseg_template")]),
         (native, split, [("out_mask", "hemorrhage_mask")]),
         (split, sink, [("out_dseg", "hemorrhage_dseg"), ("split", "split")]),
+        (preproc, trial, [(po + "clamped", "reference"), (po + "brain_mask", "brain_mask"),
+                          (po + "transform", "transform")]),
+        (native, trial, [("out_mask", "hemorrhage_mask")]),
+        (split, trial, [("out_dseg", "hemorrhage_dseg"), ("split", "split")]),
+        (trial, timings, [("elapsed", "trial")]),
+        (trial, sink, [("out_edema", "edema_mask"), ("out_atlas", "atlas_dseg"), ("measures", "trial")]),
         (uncertainty, sink, [("uncertainty", "uncertainty")]),
         (uncertainty, qc, [("uncertainty", "uncertainty")]),
         (preproc, sink, [(po + "brain_mask", "brain_mask"), (po + "brain_volume_ml", "brain_volume_ml"),
