@@ -74,6 +74,12 @@ RUN python -m venv /opt/venv \
       "pandas==3.1.1" \
       "matplotlib==3.11.2" \
       "pydicom==3.0.2" \
+      "highdicom==0.28.2" \
+      "edt==3.1.2" \
+      "bids-validator-deno==3.0.2" \
+      "tomli==2.2.1" \
+      "tomli-w==1.2.0" \
+      "psutil==7.2.2" \
  && python -c "import glob, sysconfig; print('\n'.join(sorted(glob.glob(sysconfig.get_paths()['purelib'] + '/nvidia/*/lib'))))" \
       > /etc/ld.so.conf.d/zz-nvidia-pip.conf \
  && ldconfig

@@ -38,6 +38,18 @@ SOURCE = ("BLAST-CT (github.com/biomedia-mira/blast-ct, commit ccfa6efb6ee269b97
           "Apache-2.0")
 
 
+
+LICENSE_HEADER = """BLAST-CT atlas, registered onto the DeepBleed template grid (deepbleed-bids)
+
+Source: biomedia-mira/blast-ct at commit ccfa6efb6ee269b97d971a96658d78953381c08e,
+blast_ct/data/localisation_files/atlas_template_space.nii.gz (labels in atlas_labels.csv).
+Copyright the BLAST-CT authors; cite Monteiro et al., Lancet Digital Health 2020.
+Modified by deepbleed-bids: registered (ANTs SyN) and resampled onto the 128^3, 1.5 mm
+DeepBleed template grid; how is recorded in tpl-DeepBleedCT_atlas-BLASTCT_dseg.json and
+README.md beside this file. Distributed under the Apache License 2.0, whose text follows.
+
+"""
+
 def atlas_image():
     """The atlas labels on the DeepBleed template grid (int16 NIfTI)."""
     if not ATLAS_FILE.is_file():
@@ -157,7 +169,7 @@ def register_atlas(source_dir, template_path, out_dir=ATLAS_DIR, seed=1):
     write_json_atomic(record, out_dir / ATLAS_FILE.name.replace(".nii.gz", ".json"))
     license_src = source_dir / "LICENSE.txt"
     if license_src.is_file():
-        write_text_atomic(license_src.read_text(), out_dir / "LICENSE-BLAST-CT.txt")
+        write_text_atomic(LICENSE_HEADER + license_src.read_text(), out_dir / "LICENSE-BLAST-CT.txt")
     return record
 
 

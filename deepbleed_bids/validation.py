@@ -2,8 +2,10 @@
 
 CT is not in the BIDS specification yet (BEP024), so the validator reports every
 CT image as NOT_INCLUDED unless the dataset's ``.bidsignore`` lists them.
-:func:`validate_input` lets those pass with a note (they are what this app reads);
-every other error stops the run, as fMRIPrep does (``--skip-bids-validation`` skips).
+:func:`validate_input` lets those pass with a note (they are what this app reads).
+Errors in one subject's files are left to the per-image checks (one bad scan does not
+stop the others); every other error stops the run, as fMRIPrep does
+(``--skip-bids-validation`` skips).
 """
 import json
 import os
@@ -61,17 +63,34 @@ def is_ct_not_included(issue):
     return issue.get("code") == "NOT_INCLUDED" and bool(_CT_FILE.search(issue.get("location", "")))
 
 
+# participants.tsv is only joined into the group tables, which warn about it themselves
+_NOT_FATAL = {"PARTICIPANT_ID_MISMATCH"}
+
+
+def in_subject(issue):
+    """An issue located in one subject's files: that image is checked (and refused) on its own."""
+    return issue.get("location", "").startswith("/sub-")
+
+
 def validate_input(bids_dir, log):
-    """Run the validator on the input; InputError listing its errors, if any."""
+    """Run the validator on the input; InputError listing its dataset-level errors, if any.
+
+    Errors in one subject's files (an unreadable NIfTI header, an empty file) do not stop the
+    run: each image is read and checked on its own before processing and refused alone with
+    its reason, so one bad scan does not stop the others."""
     issues = run_validator(bids_dir)
     ct = [i for i in errors(issues) if is_ct_not_included(i)]
-    bad = [i for i in errors(issues) if not is_ct_not_included(i)]
+    rest = [i for i in errors(issues) if not is_ct_not_included(i)]
+    per_image = [i for i in rest if in_subject(i) or i.get("code") in _NOT_FATAL]
+    bad = [i for i in rest if i not in per_image]
     warnings = [i for i in issues if i.get("severity") == "warning"]
     if ct:
         log(f"BIDS validator: {len(ct)} CT file(s)/folder(s) not in the BIDS specification yet (BEP024); "
             f"accepted. Add these lines to {Path(bids_dir) / '.bidsignore'} to silence it: "
             + " ".join(CT_BIDSIGNORE))
     log(f"BIDS validator: {len(bad)} error(s), {len(warnings)} warning(s) in {bids_dir}")
+    for issue in per_image:
+        log(f"BIDS validator: {describe(issue)} (checked per image below; not fatal for the others)")
     if bad:
         shown = "\n  ".join(describe(i) for i in bad[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""

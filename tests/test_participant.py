@@ -64,7 +64,8 @@ def test_one_bad_scan_fails_alone_with_a_named_reason(case):
     assert "FAILED  sub-02/ct/sub-02_ct.nii.gz" in summary
     assert "InputError" in summary and "skull" in summary
     assert not (case["out"] / "sub-02" / "ct").exists()  # no partial outputs
-    runs = list((case["out"] / "sub-02" / "log").iterdir())  # sub-X/log/<run-id>/
+    runs = [p for p in (case["out"] / "sub-02" / "log").iterdir() if p.is_dir()]  # sub-X/log/<run-id>/
+    assert (case["out"] / "sub-02" / "log" / "sub-02_failure.json").is_file()  # the group level reads it
     assert len(runs) == 1 and list(runs[0].glob("crash-*.txt"))
     assert not list(case["out"].glob(".deepbleed-staging-*"))
 
@@ -134,7 +135,7 @@ def test_derivatives_pass_the_bids_validator(case):
 
 def test_run_logs_progress_config_and_methods(case):
     out, stderr = case["out"], case["proc"].stderr
-    run_id = next(p.name for p in (out / "sub-02" / "log").iterdir())
+    run_id = next(p.name for p in (out / "sub-02" / "log").iterdir() if p.is_dir())
     # one log file per run, with our lines; the resolved configuration per participant
     log = (out / "logs" / f"deepbleed-bids_{run_id}.log").read_text()
     assert "done in" in log and "BIDS validator: 0 error(s)" in log

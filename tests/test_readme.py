@@ -33,7 +33,11 @@ def test_license_table_names_every_bundled_third_party_file():
                if p.is_file() and "models" not in p.parts and "__pycache__" not in p.parts}
     bundled = {a["path"] for a in (assets.TEMPLATE, assets.EXAMPLE_CT)}
     licenses = {a["license_file"] for a in (assets.TEMPLATE, assets.EXAMPLE_CT)}
-    assert shipped == bundled | licenses, "only the template and the example archive (and their licenses)"
+    atlas = {p for p in shipped if p.startswith("atlas/")}  # derived (registered) BLAST-CT atlas, Apache-2.0
+    assert shipped == bundled | licenses | atlas, "only the template, the example archive, the atlas (and licenses)"
+    assert "atlas/LICENSE-BLAST-CT.txt" in atlas
+    row = next(line for line in section.splitlines() if "deepbleed_bids/data/atlas/" in line)
+    assert "Apache-2.0" in row and "LICENSE-BLAST-CT.txt" in row
     for asset, name in ((assets.TEMPLATE, "CC BY-NC-ND 4.0"), (assets.EXAMPLE_CT, "BSD-2-Clause")):
         row = next(line for line in section.splitlines() if f"deepbleed_bids/data/{asset['path']}" in line)
         assert name in row and Path(asset["license_file"]).name in row
