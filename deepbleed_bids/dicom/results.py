@@ -58,7 +58,8 @@ def find_parts(out_files, hemorrhage_mask):
     prefix = Path(hemorrhage_mask).name.split("_desc-")[0]
     for path in sorted(out_files):
         name = Path(path).name
-        if name.startswith(prefix + "_") and "_dseg.nii" in name and "space-" not in name:
+        # the hemorrhage's own dseg, not another one beside it (e.g. the atlas dseg)
+        if name.startswith(prefix + "_") and "_desc-hemorrhage_dseg.nii" in name and "space-" not in name:
             return Path(path)
     return None
 
