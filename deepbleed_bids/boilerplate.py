@@ -65,6 +65,22 @@ REFERENCES = {
         kind="article", author="Yarkoni, Tal and Markiewicz, Christopher J. and de la Vega, Alejandro and "
         "others", title="PyBIDS: Python tools for BIDS datasets", journal="Journal of Open Source Software",
         year="2019", volume="4", number="40", pages="1294", doi="10.21105/joss.01294"),
+    "blastct": dict(
+        kind="article", author="Monteiro, Miguel and Newcombe, Virginia F. J. and Mathieu, Francois and others",
+        title="Multiclass semantic segmentation and quantification of traumatic brain injury lesions on "
+        "head CT using deep learning: an algorithm development and multicentre validation study",
+        journal="The Lancet Digital Health", year="2020", volume="2", number="6", pages="e314--e322",
+        doi="10.1016/S2589-7500(20)30085-6"),
+    "volbers2018": dict(
+        kind="article", author="Volbers, Bastian and others",
+        title="Semi-automatic volumetric assessment of perihemorrhagic edema with computed tomography",
+        journal="European Journal of Neurology", year="2018"),
+    "hemphill2001": dict(
+        kind="article", author="Hemphill, J. Claude and Bonovich, David C. and Besmertis, Lavrentios and "
+        "Manley, Geoffrey T. and Johnston, S. Claiborne",
+        title="The ICH score: a simple, reliable grading scale for intracerebral hemorrhage",
+        journal="Stroke", year="2001", volume="32", number="4", pages="891--897",
+        doi="10.1161/01.STR.32.4.891"),
 }
 
 
@@ -113,6 +129,22 @@ def methods_paragraphs(config, versions=None):
         f"{', mixed precision' if config.mixed_precision else ''}). " + back + " Volumes are voxel counts "
         "times the native voxel volume, in mL.",
     ]
+    tta = {"flip": "averaged with the prediction on the left-right mirrored input",
+           "flip+mc": "averaged over the left-right mirrored input and Monte-Carlo dropout passes",
+           "auto": "averaged with the mirrored input on a GPU (a single pass on the CPU)"}.get(config.tta)
+    paragraphs.append(
+        ("The probabilities were " + tta + "; " if tta else "A single forward pass was used; ")
+        + "the agreement between passes and the volume with probability 0.2-0.8 were reported as "
+        "uncertainty. The following are estimates, not validated against expert labels: the hemorrhage "
+        "was split into intraventricular and parenchymal parts with a ventricle map from the BLAST-CT "
+        "atlas [@blastct] (registered once onto the template grid and carried to each scan with the rigid "
+        "transform) refined on the scan's own CSF density; its location (deep, lobar, infratentorial, "
+        "intraventricular) was read from the same atlas; perihematomal edema was measured as voxels of "
+        "5-33 HU next to the clot [@volbers2018], excluding CSF and tissue not darker than its mirror "
+        "image; midline shift as the distance of the septum pellucidum (or third ventricle) from the "
+        "skull's mid-sagittal plane; and the imaging items of the ICH score [@hemphill2001] (volume "
+        ">= 30 mL, intraventricular extension, infratentorial origin) were reported with the clinical "
+        "items (GCS, age) where the dataset gave them.")
     if notice:
         paragraphs.append(f"Note: {notice}.")
     return paragraphs
@@ -131,7 +163,8 @@ def _reference_text(ref):
     where = ref.get("journal") or ref.get("booktitle", "")
     vol = f" {ref['volume']}" + (f"({ref['number']})" if ref.get("number") else "") if ref.get("volume") else ""
     authors = ref["author"].replace(" and ", "; ").replace("{\\'\\i}", "í")
-    return f"{authors}. {ref['title']}. {where}{vol}:{ref['pages'].replace('--', '-')} ({ref['year']}).{doi}"
+    pages = f":{ref['pages'].replace('--', '-')}" if ref.get("pages") else ""
+    return f"{authors}. {ref['title']}. {where}{vol}{pages} ({ref['year']}).{doi}"
 
 
 def bibtex():

@@ -283,6 +283,25 @@ def test_boilerplate_follows_the_parameters(tmp_path):
         assert f"{{{key},\n" in bib
 
 
+def test_boilerplate_describes_uncertainty_and_the_trial_measures(tmp_path):
+    """The measures beyond the volume (#15, #19) are in the methods text, with their references."""
+    from deepbleed_bids.boilerplate import write_citation
+
+    config = _config(tmp_path, "c" * 64)
+    config.tta, config.run_id = "flip", "20260101-000000_x"
+    paths = write_citation(config)
+    md = paths["md"].read_text()
+    assert "left-right mirrored input" in md and "Monte-Carlo" not in md
+    for text in ("intraventricular and parenchymal", "perihematomal edema", "midline shift", "ICH score",
+                 "not validated against expert labels"):
+        assert text in md, text
+    config.tta = "none"
+    assert "single forward pass" in write_citation(config)["md"].read_text()
+    bib = paths["bib"].read_text()
+    for key in ("blastct", "volbers2018", "hemphill2001"):
+        assert f"{{{key},\n" in bib
+
+
 def test_boilerplate_only_writes_the_methods_and_stops(ge_head, asset_home, tmp_path):
     bids = write_bids_dataset(tmp_path / "bids", {"sub-01/ct/sub-01_ct.nii.gz": ge_head})
     (bids / "README.md").write_text("test\n")
