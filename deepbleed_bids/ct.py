@@ -119,6 +119,8 @@ STRIPPED_MIN_BACKGROUND = 0.2       # the constant background holds at least thi
 STRIPPED_MIN_FOREGROUND_ML = 400.0  # a brain or more
 STRIPPED_HU_RANGE = (-200.0, 400.0)  # 1st-99th percentile of the foreground
 STRIPPED_MIN_BRAIN_BAND = 0.6       # share of the foreground within 0-100 HU (brain, CSF, blood)
+STRIPPED_MEDIAN_HU = (5.0, 55.0)    # median of the foreground: brain parenchyma is 20-45 HU; a
+                                    # rescaled export (air at 0, brain near 66) falls outside
 
 
 def skull_stripped_evidence(data, zooms=None):
@@ -141,7 +143,10 @@ def skull_stripped_evidence(data, zooms=None):
     sample = fg[:: max(1, fg.size // 200000)].astype(np.float32)
     lo, hi = np.percentile(sample, [1, 99])
     band = float(np.mean((sample >= 0) & (sample <= 100)))
+    median = float(np.median(sample))
     if lo < STRIPPED_HU_RANGE[0] or hi > STRIPPED_HU_RANGE[1] or band < STRIPPED_MIN_BRAIN_BAND:
+        return None
+    if not STRIPPED_MEDIAN_HU[0] <= median <= STRIPPED_MEDIAN_HU[1]:
         return None
     return (f"constant background {background:g} in {100 * share:.0f}% of voxels, no air or bone, "
             f"{100 * band:.0f}% of the rest within 0-100 HU (1st-99th percentile {lo:.0f} to {hi:.0f} HU)")

@@ -420,8 +420,9 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
     if np.mean(data[brain] < -100) > 0.05:
         raise InputError(
             "registration: more than 5 % of the extracted brain is below -100 HU (air or padding "
-            "left inside the brain mask); the brain extraction failed on this image. Check its HU "
-            "values, or extract the brain yourself and use --skull-stripped.")
+            "left inside the brain mask): registration needs a brain-extracted CT (0 outside the "
+            "brain), so the brain extraction failed on this image. Check its HU values, or extract "
+            "the brain yourself and use --skull-stripped.")
 
     fixed = np.nan_to_num(np.asarray(template.dataobj, dtype=np.float32))
     fixed_brain = fixed != 0

@@ -208,7 +208,7 @@ IMAGE_KINDS = [
     Kind("4D image", "refused: one 3D volume per file is needed", "4D image with 2 volumes", _four_d),
     Kind("2D image (scout)", "refused: a 2D image such as a scout, not a head CT volume",
          "scout/localizer", _scout),
-    Kind("MRI-like intensities", "refused: not a head CT in Hounsfield units (an MRI?)", "an MRI?", _mri),
+    Kind("MRI-like intensities", "refused: not a head CT in Hounsfield units (an MRI?)", "an MRI or another modality?", _mri),
     Kind("CT without rescale (air at 0)", "refused, with the hint that RescaleIntercept is missing",
          "without RescaleIntercept", _data(lambda d: np.clip(d, -1024, 3071) + 1024, np.uint16)),
     Kind("partial coverage (5 cm)", "refused: partial coverage, not the whole brain", "partial coverage",
