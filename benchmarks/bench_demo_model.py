@@ -21,7 +21,6 @@ About 20-30 min on a 2-core CPU.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,19 +30,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TOP = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP))
+from deepbleed_bids.testing import cpu_model  # noqa: E402
 RESULTS = TOP / "benchmarks" / "results" / "demo_model.json"
 # name: (volume mL, location, shape seed); the lesions of tests/test_demo_model.py
 HELD_OUT = {"deep": (25.0, "deep", 7), "lobar": (40.0, "lobar", 13)}
 
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def r3(x):

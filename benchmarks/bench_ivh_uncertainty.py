@@ -27,7 +27,6 @@ Also printed: per-stage times, peak memory and the CPU model. Per-case rows go t
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -38,18 +37,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 TOP = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP))
+from deepbleed_bids.testing import cpu_model  # noqa: E402
 
 KINDS = ("typical", "small", "superficial", "low_contrast", "extension", "cast")
 
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def peak_gb():

@@ -33,7 +33,6 @@ model and the load average, and a JSON copy of everything.
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -46,6 +45,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TOP = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP))
+from deepbleed_bids.testing import cpu_model  # noqa: E402
 
 # the stages: the work a run cannot avoid (QC and report are listed apart)
 SUM_STAGES = ("load+check", "clamp", "brain extraction", "registration", "to template (NN)",
@@ -62,13 +62,6 @@ def cpu_seconds():
 def peak_gb(who=resource.RUSAGE_SELF):
     return resource.getrusage(who).ru_maxrss / 1024 ** 2
 
-
-def cpu_model():
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or platform.machine()
 
 
 def load_average():

@@ -20,7 +20,6 @@ Times are wall and CPU seconds per case (registration only; CPU includes the ANT
 child process). On a shared machine compare the two methods within one run.
 """
 import argparse
-import platform
 import resource
 import sys
 import tempfile
@@ -30,18 +29,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from deepbleed_bids.testing import cpu_model
+
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 METHODS = {"single-start": False, "global-search": True}
 
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _cpu():

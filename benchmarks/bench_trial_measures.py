@@ -22,7 +22,6 @@ noisy on a shared machine. Per-case rows go to ``--out``/cases.tsv.
 """
 import argparse
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -31,21 +30,13 @@ from pathlib import Path
 
 TOP = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP))
+from deepbleed_bids.testing import cpu_model  # noqa: E402
 
 KINDS = ("deep", "lobar", "infratentorial", "intraventricular")
 MIX = ("deep", "lobar", "deep", "lobar", "infratentorial", "deep", "lobar", "infratentorial", "deep", "lobar",
        "intraventricular", "deep", "lobar", "infratentorial", "deep", "lobar", "deep", "lobar", "infratentorial",
        "intraventricular")
 
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def peak_gb():

@@ -172,3 +172,16 @@ def sandbox_unavailable(unshare=("--mount",)):
         return ("mount namespaces, overlayfs or ambient capabilities are not available here: "
                 + probe.stderr.strip()[-300:])
     return None
+
+
+def cpu_model():
+    """The CPU's model name, printed with every benchmark table (machines differ between runs)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
