@@ -37,9 +37,24 @@ def check_image(source, skull_stripped=False):
 
     check_name(source["relpath"])
     img, data = read_ct(source["path"])
+    check_not_8bit(img, source["relpath"])
     check_hounsfield(data, source["relpath"], skull_stripped=skull_stripped or None,
                      zooms=img.header.get_zooms()[:3])
     check_affine(img, source["relpath"])
+
+
+def check_not_8bit(img, relpath):
+    """8-bit voxels without a scaling to HU are a display export (a window applied), never HU:
+    refused here because, brain-like after the window, they could pass for a skull-stripped CT."""
+    import numpy as np
+
+    slope, inter = img.header.get_slope_inter() if hasattr(img.header, "get_slope_inter") else (None, None)
+    scaled = slope not in (None, 1.0) and np.isfinite(slope) or inter not in (None, 0.0) and np.isfinite(inter)
+    if np.dtype(img.get_data_dtype()).itemsize == 1 and not scaled:
+        raise InputError(f"{relpath}: 8-bit voxels ({img.get_data_dtype()}) with no scaling cannot hold "
+                         "Hounsfield units (-1024 to 3071): this does not look like a head CT in Hounsfield "
+                         "units but a display export with a window applied. Convert the original DICOM "
+                         "with dcm2niix (`deepbleed-bids dicom2bids`).")
 
 
 def preflight(images, skull_stripped=False):
