@@ -79,12 +79,14 @@ def resample_to_slices(data, affine, datasets, order=1, step_mm=1.0):
 
     A CT slice shows its slab: the part of space nearer to its plane than to its
     neighbours' (:func:`slab_bounds`; with uneven spacing not centred on the
-    plane). Each pixel gets the mean over planes at most ``step_mm`` apart
-    across that slab, so thresholding keeps a frame's area true to the slab's
-    content (sampling only the centre plane of 7 mm slabs biases volumes by
-    several percent). Only the part of each frame that can meet the non-zero
-    data (its bounding box) is sampled, all sub-planes of a frame in one
-    ``map_coordinates`` call. Outside the NIfTI, 0.
+    plane). Each pixel gets the mean of the data's linear interpolant across
+    that slab: exact when the slab normal is a voxel axis (dcm2niix keeps the
+    slice axis, tilted or not: :func:`_slab_mean_along_axis`), else the mean
+    over planes at most ``step_mm`` apart (all of a frame's in one
+    ``map_coordinates`` call). So :func:`binarize_slabs` keeps a frame's area
+    true to the slab's content (sampling only the centre plane of 7 mm slabs
+    biases volumes by several percent). Only the part of each frame that can
+    meet the data's bounding box is sampled. Outside the NIfTI, 0.
     """
     from scipy.ndimage import map_coordinates
 
