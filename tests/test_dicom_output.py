@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from deepbleed_bids import synth
-from deepbleed_bids.derivatives import plan_outputs
+from deepbleed_bids.derivatives import dseg_tsv, plan_outputs
 from deepbleed_bids.dicom import convert_session
 from deepbleed_bids.dicom import seg as S
 from deepbleed_bids.dicom.results import BIDSIGNORE, dicom_paths, record, wanted, write_dicom
@@ -73,7 +73,7 @@ def _derivatives(bids, out_dir, relpath, hemorrhage, brain, qc=None, parts=None)
     if parts is not None:  # an ICH/IVH dseg as another step writes it
         dseg = Path(str(planned["hemorrhage_mask"]).replace("_desc-hemorrhage_mask", "_desc-hemorrhage_dseg"))
         nib.Nifti1Image(parts.astype(np.uint8), img.affine).to_filename(dseg)
-        Path(str(dseg).replace(".nii.gz", ".tsv")).write_text("index\tname\n1\tICH\n2\tIVH\n")
+        Path(str(dseg).replace(".nii.gz", ".tsv")).write_text(dseg_tsv())  # the pipeline's own table
         out_files.append(str(dseg))
     return planned, meta, out_files
 
@@ -315,6 +315,18 @@ def test_missing_source_file_is_named(bids, tmp_path):
         S.read_series(files)
 
 
+def test_dseg_parts_named_by_their_name_column(tmp_path):
+    """The pipeline's ICH row mentions "ventricles" in its description: the name decides the part."""
+    from deepbleed_bids.dicom.results import _labels
+
+    dseg = tmp_path / "sub-01_desc-hemorrhage_dseg.nii.gz"
+    dseg.with_name(dseg.name.replace(".nii.gz", ".tsv")).write_text(dseg_tsv())
+    assert _labels(dseg) == {"ich": [1], "ivh": [2]}
+    dseg.with_name(dseg.name.replace(".nii.gz", ".tsv")).write_text(
+        "index\tname\tdescription\n3\tbleed\tintraventricular blood\n4\tx\tICH near the ventricles\n")
+    assert _labels(dseg) == {"ich": [], "ivh": [3]}  # description only when unambiguous
+
+
 def test_dicom_folder_per_session(tmp_path):
     paths = dicom_paths(tmp_path, "sub-01/ses-2/ct/sub-01_ses-2_acq-soft_run-1_ct.nii.gz")
     assert paths["seg"] == tmp_path / "sub-01/ses-2/dicom/sub-01_ses-2_acq-soft_run-1_desc-hemorrhage_seg.dcm"
@@ -364,6 +376,11 @@ def test_run_py_writes_dicom_for_a_dicom2bids_dataset(bids, head_and_brain, asse
     vol = S.segment_volumes(hd.seg.segread(paths["seg"]), S.read_series(find_source(root, GE_REL)))
     assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.02)
     assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.02)
+    parts = np.asanyarray(nib.load(str(planned["hemorrhage_mask"]).replace("_mask", "_dseg")).dataobj)
+    vox = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    for label, value in (("Intracerebral hemorrhage", 1), ("Intraventricular hemorrhage", 2)):
+        if np.any(parts == value):  # each part of the pipeline's dseg is its own segment
+            assert vol[label] == pytest.approx(np.count_nonzero(parts == value) * vox, rel=0.02, abs=0.05)
     report = read_report(str(paths["sr"]))
     assert report["Hemorrhage (ICH+IVH)"]["volume_ml"] == pytest.approx(meta["HemorrhageVolume"])
     assert report["Hemorrhage (ICH+IVH)"]["abc2_ml"] == pytest.approx(meta["QC"]["Metrics"]["ABC2Volume"])

@@ -45,10 +45,14 @@ def _labels(dseg):
         return found
     with open(table, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
-            name = " ".join(str(row.get(k) or "") for k in ("name", "abbreviation", "description"))
-            for kind, pattern in (("ivh", _IVH), ("ich", _ICH)):
-                if pattern.search(name) and str(row.get("index", "")).strip().isdigit():
-                    found[kind].append(int(row["index"]))
+            if not str(row.get("index", "")).strip().isdigit():
+                continue
+            # the name decides; a description may name both ("ICH: ... outside the ventricles")
+            for key in ("name", "abbreviation", "description"):
+                hits = [kind for kind, pattern in (("ivh", _IVH), ("ich", _ICH))
+                        if pattern.search(str(row.get(key) or ""))]
+                if len(hits) == 1:
+                    found[hits[0]].append(int(row["index"]))
                     break
     return found
 
