@@ -4,8 +4,8 @@ mid-sagittal plane of the skull.
 1. Mid-sagittal plane (MSP) of the skull: the plane about which the bone (HU > 300 within
    20 mm of the brain, ~1 mm grid) is most symmetric. Each bone point is mirrored about a
    candidate plane and the mean distance of the mirrored points to the nearest bone (capped
-   at 15 mm) is minimised: a coarse search over tilts (+-8 deg) and offsets (+-16 mm) then
-   Powell. Start: the template's mid-sagittal plane carried through the rigid transform
+   at 15 mm) is minimised: a coarse search over tilts (+-8 deg) and offsets (+-16 mm) on a
+   fifth of the points, then Powell on all of them. Start: the template's mid-sagittal plane carried through the rigid transform
    when given, else the scanner's left-right axis through the brain's centroid. Bone does
    not move with a mass effect, so the plane is that of the head before any shift.
 2. Midline structures: a slab +-30 mm about the plane is resampled on a plane-aligned
