@@ -439,11 +439,15 @@ def throughput(head, tmp, args, model):
                "--work-dir", str(tmp / f"cohort-work-{name}")]
         load = load_average()[0]
         wall, _, proc = _run(cmd, _env(tmp, None))
+        # CPU s: the same work should cost the same CPU time in A, B and C (more in B or C
+        # means threads or processes fight over cores); CPU s / wall s: cores actually used
         out["runs"][name] = {"nprocs": nprocs, "omp_nthreads": omp, "wall_s": round(wall, 1),
                              "images_per_hour": round(3600 * n / wall, 1), "exit": proc.returncode,
+                             "cpu_s": round(proc.cpu_s, 1), "cores_used": round(proc.cpu_s / wall, 2),
                              "load_before": round(load, 1)}
         print(f"throughput {name}: --nprocs {nprocs} --omp-nthreads {omp}: {n} images in {wall:.0f} s "
-              f"= {3600 * n / wall:.1f} images/hour (exit {proc.returncode}, load before {load:.1f})")
+              f"= {3600 * n / wall:.1f} images/hour; {proc.cpu_s:.0f} CPU s, {proc.cpu_s / wall:.2f} cores used "
+              f"(exit {proc.returncode}, load before {load:.1f})")
     r = out["runs"]
     out["scaling"] = round(r["B"]["images_per_hour"] / r["A"]["images_per_hour"], 2)
     out["core_lab"] = round(r["B"]["images_per_hour"] / r["C"]["images_per_hour"], 2)
@@ -501,7 +505,7 @@ def summary(report):
         for name, run in tp["runs"].items():
             print(f"throughput {name} (--nprocs {run['nprocs']} --omp-nthreads {run['omp_nthreads']}) "
                   f"{run['images_per_hour']:8.1f} images/hour ({tp['images']} images in {run['wall_s']:.0f} s, "
-                  f"exit {run['exit']})")
+                  f"{run['cpu_s']:.0f} CPU s, {run['cores_used']:.2f} cores used, exit {run['exit']})")
         print(f"scaling B/A              {tp['scaling']:8.2f}x    (target >= 1.7)")
         print(f"core lab B/C             {tp['core_lab']:8.2f}x    (two images at once vs one with both cores)")
     if grp:
@@ -536,7 +540,8 @@ def markdown(report):
     if tp:
         for name, run in tp["runs"].items():
             lines.append(f"| throughput {name}, {tp['images']} images, `--nprocs {run['nprocs']} --omp-nthreads "
-                         f"{run['omp_nthreads']}` | {run['images_per_hour']:.1f} images/hour ({run['wall_s']:.0f} s) | |")
+                         f"{run['omp_nthreads']}` | {run['images_per_hour']:.1f} images/hour ({run['wall_s']:.0f} s; "
+                         f"{run['cpu_s']:.0f} CPU s, {run['cores_used']:.2f} cores used) | |")
         lines.append(f"| scaling B / A (same threads per process) | **{tp['scaling']:.2f} x** | >= 1.7 x |")
         lines.append(f"| core lab B / C (two images at once vs one image on every core) | "
                      f"**{tp['core_lab']:.2f} x** | > 1 |")
