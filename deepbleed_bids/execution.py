@@ -80,19 +80,51 @@ def plugin_settings(config):
 WARM_MODULES = ("ants", "tensorflow", "keras", "deepbleed_bids.model.vnet")
 
 
-def warm_imports(modules=WARM_MODULES):
+def has_child_process():
+    """True when this process has a live child process (Linux /proc; None where it cannot tell)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            if Path("/proc/self/task", tid, "children").read_text().split():
+                return True
+        except OSError:
+            return None  # a kernel without the children file
+    return False
+
+
+def wait_for_child_process(timeout=30.0, poll=0.1):
+    """Wait until this process has a child process, at most ``timeout`` s; True when it has."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        found = has_child_process()
+        if found or found is None or time.monotonic() >= end:
+            return bool(found)
+        time.sleep(poll)
+
+
+def warm_imports(modules=WARM_MODULES, wait_for_child=False):
     """Import ``modules`` on a background thread; returns the thread.
 
     For in-process runs only (nipype's Linear plugin): the imports then overlap the
-    first steps (the registration waits seconds on its child process) instead of
-    delaying the steps that need them. Never before forking worker processes: a
-    child forked during an import would inherit a held import lock. A failed import
-    is left to the step that needs the module, which reports it.
+    registration's wait for its child process (ANTs, 10+ s) instead of delaying the
+    step that needs them. ``wait_for_child``: start importing only once that child
+    runs: imports hold the GIL, and during the registration's own start search (a
+    Python loop in this process) they tripled its time (measured: 3.3 s -> 11 s).
+    Never before forking worker processes: a child forked during an import would
+    inherit a held import lock. A failed import is left to the step that needs the
+    module, which reports it.
     """
     import importlib
     import threading
 
     def run():
+        if wait_for_child:
+            wait_for_child_process()
         for name in modules:
             try:
                 importlib.import_module(name)
@@ -108,15 +140,16 @@ def warm_imports_callback(start_with=("register", "segment"), modules=WARM_MODUL
     """A nipype ``status_callback`` (Linear plugin) that calls :func:`warm_imports` once,
     when the first node named in ``start_with`` starts.
 
-    Started with the registration, the imports run while this process waits for the
-    registration's child process, not while clamping and brain extraction hold the GIL.
-    The callback's ``threads`` list holds the thread once started.
+    Started with the registration, the imports wait for the registration's child
+    process and run while this process waits for it, not while clamping, brain
+    extraction or the registration's start search hold the GIL (a ``segment`` start
+    imports at once). The callback's ``threads`` list holds the thread once started.
     """
     threads = []
 
     def callback(node, status):
         if status == "start" and not threads and node.name in start_with:
-            threads.append(warm_imports(modules))
+            threads.append(warm_imports(modules, wait_for_child=node.name == "register"))
 
     callback.threads = threads
     return callback

@@ -59,8 +59,10 @@ def _figures(out_dir, bids_dir, relpath, meta):
     parts, notes = [], []
     source = Path(bids_dir) / relpath if bids_dir else None
     if source is not None and source.is_file():
-        ct_img = nib.as_closest_canonical(nib.load(str(source)))  # read and decompressed once
+        ct_img = nib.as_closest_canonical(nib.load(str(source)))
         ct, zooms = F.canonical(ct_img)
+        # every figure reads the arrays loaded here: each file is read and decompressed once
+        ct_img = nib.Nifti1Image(ct, ct_img.affine, ct_img.header)
         brain, _ = F.canonical(nib.load(str(files["brain_mask"])))
         bleed, _ = F.canonical(nib.load(str(files["hemorrhage_mask"])))
         abc = QC.abc2(bleed > 0, ct_img.affine)
@@ -79,7 +81,7 @@ def _figures(out_dir, bids_dir, relpath, meta):
         split_fig = _split_figure(files, ct, zooms, relpath)
         if split_fig:
             parts.append(split_fig)
-        trial_fig = _trial_figure(files, ct_img, meta, relpath)
+        trial_fig = _trial_figure(files, ct_img, bleed, meta, relpath)
         if trial_fig:
             parts.append(trial_fig)
     else:
@@ -117,7 +119,7 @@ def _split_figure(files, ct, zooms, relpath):
             "(yellow: 0.5)</p>" + H.embedded_png(png, f"{relpath} split and uncertainty"))
 
 
-def _trial_figure(files, ct_img, meta, relpath):
+def _trial_figure(files, ct_img, bleed, meta, relpath):
     """Location (atlas regions by class), edema outline and midline (deepbleed_bids.trial)."""
     import nibabel as nib
 
@@ -132,7 +134,7 @@ def _trial_figure(files, ct_img, meta, relpath):
     measure = meta.get("MidlineShiftMeasurement") or {}
     msp = measure.get("MidSagittalPlane") or {}
     plane = (msp["Normal"], msp["Offset"]) if msp.get("Normal") else None
-    png = F.trial_mosaic(ct_img, nib.load(str(atlas_path)), nib.load(str(files["hemorrhage_mask"])),
+    png = F.trial_mosaic(ct_img, nib.load(str(atlas_path)), bleed,
                          nib.load(str(edema_path)) if edema_path.is_file() else None, classes, plane,
                          measure.get("MidlineShiftSigned"))
     if png is None:
