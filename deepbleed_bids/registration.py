@@ -52,6 +52,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .nifti import like, voxel_volume_ml
 
 TEMPLATE_SHAPE = (128, 128, 128)
 TEMPLATE_ZOOMS = (1.5, 1.5, 1.5)
@@ -170,13 +171,9 @@ def _to_ants(data, affine):
 
 def _like(data, ref):
     """``data`` as a NIfTI image with exactly ``ref``'s affine, qform and sform."""
-    data = np.asarray(data)
-    hdr = ref.header.copy()
-    hdr.set_data_dtype(data.dtype)
-    hdr.set_slope_inter(None, None)
-    hdr["cal_min"] = hdr["cal_max"] = 0
-    # The affine equals the header's, so nibabel keeps qform/sform fields as they are.
-    return nib.Nifti1Image(data, _affine(ref), hdr)
+    img = like(data, ref)
+    img.header["cal_min"] = img.header["cal_max"] = 0  # the reference's display range is not ours
+    return img
 
 
 def _resample(image, fixed_affine, fixed_shape, transform, invert, interpolation):
@@ -411,7 +408,7 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
     brain = data != 0
     moving_affine = _affine(moving)
     zooms = np.linalg.norm(moving_affine[:3, :3], axis=0)
-    volume_ml = brain.sum() * np.prod(zooms) / 1000.0
+    volume_ml = brain.sum() * voxel_volume_ml(moving_affine)
     if volume_ml < 100:
         raise InputError(
             f"registration: the brain extraction kept only {volume_ml:.0f} mL (a head CT's brain is "

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..nifti import voxel_volume_ml
 from ..utils import atomic_path, write_json_atomic, write_text_atomic
 from .sources import lookup
 
@@ -87,7 +88,7 @@ def write_dicom(config, source, planned, out_files=()):
     affine = hem_img.affine
     masks = {"hemorrhage": np.asanyarray(hem_img.dataobj) > 0}
     volumes = {"hemorrhage": sidecar["HemorrhageVolume"], "brain": sidecar["BrainVolume"]}
-    vox_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    vox_ml = voxel_volume_ml(affine)
     dseg = find_parts(out_files, planned["hemorrhage_mask"])
     if dseg is not None:
         labels = np.asanyarray(nib.load(str(dseg)).dataobj)
