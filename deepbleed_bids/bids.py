@@ -12,6 +12,7 @@ from . import __packagename__, __url__, __version__
 from .errors import InputError
 from .utils import write_json_atomic, write_text_atomic
 
+BIDS_VERSION = "1.10.0"  # of every dataset_description.json this project writes
 CT_SUFFIXES = ["ct", "CT"]
 NIFTI = [".nii", ".nii.gz"]
 TEMPLATE_SPACE = "DeepBleedCT"
@@ -156,7 +157,7 @@ def dataset_description(config, previous=None):
     raw = Path(config.bids_dir).resolve().as_uri()
     return {
         "Name": "deepbleed-bids: intracerebral hemorrhage segmentation",
-        "BIDSVersion": "1.10.0",
+        "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": generated,
         "SourceDatasets": [{"URL": raw}],

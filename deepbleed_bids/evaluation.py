@@ -95,7 +95,7 @@ def add_participant_columns(df, path):
 
 def evaluate(pred_dir, ref_dir, out_dir, participants=None, group_by=()):
     """Write the evaluation (TSV, JSON, PNG) into ``out_dir``; returns the JSON content."""
-    from . import plots
+    from .reports import plots
 
     df, missing, errors = scan_table(pred_dir, ref_dir)
     df = add_participant_columns(df, participants_file(pred_dir, participants))

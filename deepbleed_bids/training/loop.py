@@ -301,7 +301,7 @@ def train(train_cases, val_cases, out_dir, params, stop_after=None, log=print, o
     ``stop_after``: end this call after that many new epochs (resumable later).
     """
     from ..model.device import configure
-    from ..plots import loss_curve
+    from ..reports.plots import loss_curve
     from .losses import get_loss
 
     params.check()
