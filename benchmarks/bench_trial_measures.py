@@ -53,7 +53,6 @@ def main():
                              "harder (reach 50 mm) for clinically relevant shifts")
     args = parser.parse_args()
 
-    import nibabel as nib
     import numpy as np
     import pandas as pd
     from scipy import ndimage as ndi
@@ -64,14 +63,10 @@ def main():
     from deepbleed_bids import midline as M
     from deepbleed_bids import synth
     from deepbleed_bids.brain import extract_brain
-    from deepbleed_bids.ct import clamp_hu, load_ct
     from deepbleed_bids.nifti import like, voxel_volume_ml
     from deepbleed_bids.registration import register_rigid
-    from deepbleed_bids.testing import convert_ge_head, shared_data_dir
+    from deepbleed_bids.testing import bench_head_and_template
 
-    data_dir = shared_data_dir()
-    if data_dir is None:
-        sys.exit("shared test data not found: set DEEPBLEED_TEST_DATA")
     tmp = Path(tempfile.mkdtemp(prefix="deepbleed-bench-trial-"))
     out_dir = args.out or tmp
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,10 +78,7 @@ def main():
         times[name] = times.get(name, 0.0) + time.perf_counter() - start
         return result
 
-    head, _ = convert_ge_head(tmp / "head", data_dir)
-    template = nib.load(str(data_dir / "templates/deepbleed/scct_unsmooth_SS_0.01_128x128x128.nii.gz"))
-    img = load_ct(head)
-    img = like(clamp_hu(np.asanyarray(img.dataobj)).astype(np.int16), img)
+    img, template = bench_head_and_template(tmp)
     hu0 = np.asanyarray(img.dataobj).astype(np.float32)
     brain = timed("brain extraction", lambda: extract_brain(hu0, img.affine))
     reg = timed("registration (once)", lambda: register_rigid(like(np.where(brain, hu0, 0), img, dtype=np.int16),
