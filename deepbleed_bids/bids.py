@@ -10,12 +10,12 @@ from pathlib import Path
 
 from . import __packagename__, __url__, __version__
 from .errors import InputError
+from .template import SPACE as TEMPLATE_SPACE
 from .utils import write_json_atomic, write_text_atomic
 
 BIDS_VERSION = "1.10.0"  # of every dataset_description.json this project writes
 CT_SUFFIXES = ["ct", "CT"]
 NIFTI = [".nii", ".nii.gz"]
-TEMPLATE_SPACE = "DeepBleedCT"
 _QUERY_ENTITIES = {"subject", "session", "acquisition", "run", "reconstruction", "ceagent",
                    "task", "direction", "echo", "part", "chunk"}
 

@@ -47,25 +47,12 @@ def check_dirs(config):
 
 def resolve_assets(config):
     """Template and model: resolved once, before nipype runs, so failures are clear."""
-    import nibabel as nib
-
-    from . import assets
     from .model.weights import sha256_file
     from .model.zoo import resolve_model
-    from .registration import check_template_grid
+    from .template import resolve_template
 
-    if config.template:
-        path = Path(config.template)
-        if not path.is_file():
-            raise InputError(f"--template {path}: no such file.")
-    else:
-        path = assets.fetch_template()
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"template {path} cannot be read as NIfTI: {err}") from err
-    check_template_grid(img, path)
-    config.template = str(Path(path).resolve())
+    path = resolve_template(config.template)
+    config.template = str(path.resolve())
     config.template_sha256 = sha256_file(path)
     config.model_spec = resolve_model(config.model).provenance()
 

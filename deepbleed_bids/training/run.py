@@ -3,24 +3,8 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..template import resolve_template
 from .data import collect_pairs, load_case, log, prepare_cases, split_participants
-
-
-def resolve_template(path=None):
-    """The template file (``--template`` or the bundled DeepBleed template), checked against the grid."""
-    import nibabel as nib
-
-    from .. import assets
-    from ..registration import check_template_grid
-
-    if path:
-        path = Path(path).absolute()
-        if not path.is_file():
-            raise InputError(f"--template {path}: no such file.")
-    else:
-        path = assets.fetch_template()
-    check_template_grid(nib.load(str(path)), path)
-    return str(path)
 
 
 def write_split(cases, train_ids, val_ids, out_dir, seed, val_fraction):
@@ -62,7 +46,7 @@ def train_from_bids(args, params, command=""):
     params.check()
     out_dir = Path(args.output_dir).absolute()
     work_dir = Path(args.work_dir or out_dir / "work").absolute()
-    template = resolve_template(args.template)
+    template = str(resolve_template(args.template))
     filters = load_filters(args.bids_filter_file) if args.bids_filter_file else None
     pairs, skipped = collect_pairs(args.bids_dir, args.masks_dir, args.participant_label, filters)
     for rel, why in skipped:
