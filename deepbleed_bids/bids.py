@@ -93,17 +93,6 @@ def source_prefix(relpath):
     return re.sub(r"_[a-zA-Z0-9]+\.nii(\.gz)?$", "", name)
 
 
-def derivative_path(out_dir, relpath, suffix, desc=None, space=None, extension=".nii.gz", **extra):
-    """Derivative path next to the source entities, in the source's folder layout."""
-    parts = [source_prefix(relpath)]
-    parts += [f"{k}-{v}" for k, v in extra.items()]
-    if space:
-        parts.append(f"space-{space}")
-    if desc:
-        parts.append(f"desc-{desc}")
-    return Path(out_dir) / Path(relpath).parent / ("_".join(parts) + f"_{suffix}{extension}")
-
-
 def image_id(relpath):
     """A short identifier safe for nipype node names."""
     return re.sub(r"[^a-zA-Z0-9]", "_", source_prefix(relpath))

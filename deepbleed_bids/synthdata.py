@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 
 from . import synth
-from .bids import BIDS_VERSION, derivative_path
+from .bids import BIDS_VERSION
+from .derivatives import derivative_path
 from .utils import write_json_atomic, write_tsv_atomic
 from .errors import InputError
 from .nifti import like, save_atomic

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import bids as B
+from ..derivatives import derivative_path
 from ..errors import InputError
 
 
@@ -21,10 +22,10 @@ def log(msg):
 
 def mask_path(masks_dir, relpath):
     """Where the reference mask of a CT is expected (the CT's datatype folder first)."""
-    first = B.derivative_path(masks_dir, relpath, "mask", desc="hemorrhage")
+    first = derivative_path(masks_dir, relpath, "mask", desc="hemorrhage")
     rel = Path(relpath)
     other = "anat" if rel.parent.name == "ct" else "ct"
-    second = B.derivative_path(masks_dir, str(rel.parent.parent / other / rel.name), "mask",
+    second = derivative_path(masks_dir, str(rel.parent.parent / other / rel.name), "mask",
                                desc="hemorrhage")
     return next((p for p in (first, second) if p.is_file()), first)
 
