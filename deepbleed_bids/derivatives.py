@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import bids as B
 from .template import SPACE as TEMPLATE_SPACE
+from .config import parameters
 from .provenance import software_versions
 
 
@@ -210,8 +211,7 @@ def build_sidecars(config, source, results):
     template = {"Name": TEMPLATE_SPACE, "Path": config["template"], "SHA256": config["template_sha256"]}
     versions = software_versions()
     provenance = {
-        "Parameters": {**{k: config[k] for k in ("brain_extraction", "mask_method", "threshold", "seed",
-                                                 "device", "mixed_precision", "kernels")},
+        "Parameters": {**parameters(config),
                        "Precision": (results.get("device_plan") or {}).get("precision", "fp32"),
                        "RequestedPrecision": config.get("precision", "fp32"),
                        "TTA": config.get("tta", "auto"),

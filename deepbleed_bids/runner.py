@@ -46,15 +46,15 @@ def check_dirs(config):
 
 
 def resolve_assets(config):
-    """Template and model: resolved once, before nipype runs, so failures are clear."""
+    """Template and model: resolved once, before nipype runs, so failures are clear.
+    Returns the Config fields they fill: template, template_sha256, model_spec."""
     from .model.weights import sha256_file
     from .model.zoo import resolve_model
     from .template import resolve_template
 
     path = resolve_template(config.template)
-    config.template = str(path.resolve())
-    config.template_sha256 = sha256_file(path)
-    config.model_spec = resolve_model(config.model).provenance()
+    return {"template": str(path.resolve()), "template_sha256": sha256_file(path),
+            "model_spec": resolve_model(config.model).provenance()}
 
 
 def _run_workflow(config, images):
@@ -127,7 +127,8 @@ def _run_participant(config):
             record_outcomes(config.output_dir, [], failures)
             write_reports(config, [], failures, skipped)
         raise InputError("no usable CT image: " + "; ".join(r for _, r in failures))
-    resolve_assets(config)
+    for key, value in resolve_assets(config).items():
+        setattr(config, key, value)
     log(f"{len(images)} CT image(s); model {config.model_spec['id']} "
         f"(sha256 {config.model_spec['sha256'][:12]}...), template {config.template}")
     notice = config.model_spec.get("notice")
