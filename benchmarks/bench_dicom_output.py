@@ -41,6 +41,7 @@ def main():
     from deepbleed_bids.dicom import seg as S
     from deepbleed_bids.dicom.sources import find_source
     from deepbleed_bids.dicom.sr import build_report
+    from deepbleed_bids.nifti import voxel_volume_ml
     from deepbleed_bids.testing import shared_data_dir
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
@@ -55,7 +56,7 @@ def main():
         brain = np.asarray(extract_brain(clamp_hu(hu), img.affine)) > 0
         hem, _ = synth.hematoma_mask(brain, img.affine, args.volume, rng=np.random.default_rng(3),
                                      location="lobar", image=hu)
-        vox = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+        vox = voxel_volume_ml(img)
         times = {}
         t = time.perf_counter()
         datasets = S.read_series(find_source(bids, rel))

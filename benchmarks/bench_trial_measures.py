@@ -63,7 +63,7 @@ def main():
     from deepbleed_bids import midline as M
     from deepbleed_bids import synth
     from deepbleed_bids.brain import extract_brain
-    from deepbleed_bids.nifti import like, voxel_volume_ml
+    from deepbleed_bids.nifti import like, voxel_sizes, voxel_volume_ml
     from deepbleed_bids.registration import register_rigid
     from deepbleed_bids.testing import bench_head_and_template
 
@@ -90,7 +90,7 @@ def main():
     names = A.atlas_labels()
     vent = labels == A.VENTRICLE_LABEL
     vml = voxel_volume_ml(img)
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    zooms = voxel_sizes(img.affine)
     plane0 = timed("mid-sagittal plane", lambda: M.skull_plane(hu0, img.affine, brain, M.plane_from_transform(xfm)))
     base = M.midline_shift(hu0, img.affine, brain, vent, plane=plane0)
     d0, p0, _ = M.midline_points(hu0, img.affine, brain, vent, plane0[0], plane0[1])
