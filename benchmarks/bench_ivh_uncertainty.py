@@ -30,7 +30,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -102,20 +101,15 @@ def main():
     from deepbleed_bids.model.zoo import load_model, resolve_model
     from deepbleed_bids.nifti import like, voxel_volume_ml
     from deepbleed_bids.registration import register_rigid, to_native, to_template
-    from deepbleed_bids.testing import bench_head_and_template
+    from deepbleed_bids.testing import StageTimes, bench_head_and_template
     from deepbleed_bids.uncertainty import pass_agreement, summarise
     from deepbleed_bids.ventricles import split_hemorrhage
 
     tmp = Path(tempfile.mkdtemp(prefix="deepbleed-bench-ivh-"))
     out_dir = args.out or tmp
     out_dir.mkdir(parents=True, exist_ok=True)
-    times = {}
-
-    def timed(name, func):
-        start = time.perf_counter()
-        result = func()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
-        return result
+    times = StageTimes()
+    timed = times.timed
 
     img, template = bench_head_and_template(tmp)
     hu0 = np.asanyarray(img.dataobj)

@@ -65,18 +65,13 @@ def main():
     from deepbleed_bids.brain import extract_brain
     from deepbleed_bids.nifti import like, voxel_sizes, voxel_volume_ml
     from deepbleed_bids.registration import register_rigid
-    from deepbleed_bids.testing import bench_head_and_template
+    from deepbleed_bids.testing import StageTimes, bench_head_and_template
 
     tmp = Path(tempfile.mkdtemp(prefix="deepbleed-bench-trial-"))
     out_dir = args.out or tmp
     out_dir.mkdir(parents=True, exist_ok=True)
-    times = {}
-
-    def timed(name, func):
-        start = time.perf_counter()
-        result = func()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
-        return result
+    times = StageTimes()
+    timed = times.timed
 
     img, template = bench_head_and_template(tmp)
     hu0 = np.asanyarray(img.dataobj).astype(np.float32)

@@ -96,6 +96,19 @@ def bench_head_and_template(work_dir):
     return head, template
 
 
+class StageTimes(dict):
+    """Benchmarks' per-stage wall times: ``timed(name, func)`` runs ``func()`` and adds its
+    seconds to ``self[name]`` (a stage run many times is summed)."""
+
+    def timed(self, name, func):
+        import time
+
+        start = time.perf_counter()
+        result = func()
+        self[name] = self.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+
 def write_bids_dataset(root, images, sidecars=None):
     """A minimal raw BIDS dataset: ``images`` maps relpath -> nibabel image or source path."""
     import json
