@@ -47,6 +47,7 @@ def main():
     from deepbleed_bids.dicom import seg as S
     from deepbleed_bids.dicom.sources import find_source
     from deepbleed_bids.dicom.sr import build_report
+    from deepbleed_bids.nifti import voxel_volume_ml
     from deepbleed_bids.testing import shared_data_dir
 
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores visible)")
@@ -59,7 +60,7 @@ def main():
         brain = np.asarray(extract_brain(clamp_hu(hu), img.affine)) > 0
         hem, _ = synth.hematoma_mask(brain, img.affine, args.volume, rng=np.random.default_rng(args.seed),
                                      location=args.location, image=hu)
-        vox = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+        vox = voxel_volume_ml(img)
         masks = {"hemorrhage": hem, "brain": brain}
         times = {}
         t = time.perf_counter()

@@ -30,7 +30,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -92,40 +91,27 @@ def main():
         tables(pd.read_csv(args.from_tsv, sep="\t"), args.mc_passes, args.from_tsv.parent, {})
         return
 
-    import nibabel as nib
     import numpy as np
     import pandas as pd
 
     from deepbleed_bids import qc as QC
     from deepbleed_bids.brain import extract_brain
-    from deepbleed_bids.ct import clamp_hu, load_ct
     from deepbleed_bids.model.device import configure
     from deepbleed_bids.model.predict import predict_passes
     from deepbleed_bids.model.zoo import load_model, resolve_model
     from deepbleed_bids.nifti import like, voxel_volume_ml
     from deepbleed_bids.registration import register_rigid, to_native, to_template
-    from deepbleed_bids.testing import convert_ge_head, shared_data_dir
+    from deepbleed_bids.testing import StageTimes, bench_head_and_template
     from deepbleed_bids.uncertainty import pass_agreement, summarise
     from deepbleed_bids.ventricles import split_hemorrhage
 
-    data_dir = shared_data_dir()
-    if data_dir is None:
-        sys.exit("shared test data not found: set DEEPBLEED_TEST_DATA")
     tmp = Path(tempfile.mkdtemp(prefix="deepbleed-bench-ivh-"))
     out_dir = args.out or tmp
     out_dir.mkdir(parents=True, exist_ok=True)
-    times = {}
+    times = StageTimes()
+    timed = times.timed
 
-    def timed(name, func):
-        start = time.perf_counter()
-        result = func()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
-        return result
-
-    head, _ = convert_ge_head(tmp / "head", data_dir)
-    template = nib.load(str(data_dir / "templates/deepbleed/scct_unsmooth_SS_0.01_128x128x128.nii.gz"))
-    img = load_ct(head)
-    img = like(clamp_hu(np.asanyarray(img.dataobj)).astype(np.int16), img)
+    img, template = bench_head_and_template(tmp)
     hu0 = np.asanyarray(img.dataobj)
     brain = timed("brain extraction", lambda: extract_brain(hu0, img.affine))
     reg = timed("registration (once)", lambda: register_rigid(like(np.where(brain, hu0, 0), img, dtype=np.int16),
@@ -138,7 +124,7 @@ def main():
 
     mc_model = dropout_twin(model, spec)  # the demo model was trained with dropout 0.1
     vml = voxel_volume_ml(img)
-    tml = float(np.prod(template.header.get_zooms()[:3])) / 1000
+    tml = voxel_volume_ml(template)
     thresholds = QC.THRESHOLDS
 
     rng = np.random.default_rng(args.seed)

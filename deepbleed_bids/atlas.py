@@ -29,6 +29,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from .nifti import voxel_volume_ml
+
 ATLAS_DIR = Path(__file__).parent / "data" / "atlas"
 ATLAS_FILE = ATLAS_DIR / "tpl-DeepBleedCT_atlas-BLASTCT_dseg.nii.gz"
 LABELS_FILE = ATLAS_DIR / "tpl-DeepBleedCT_atlas-BLASTCT_dseg.tsv"
@@ -182,9 +184,8 @@ def register_atlas(source_dir, template_path, out_dir=ATLAS_DIR, seed=1):
                          "Interpolation": "genericLabel", "RandomSeed": seed},
         "Checks": {"BrainDice": round(dice(warped_brain, brain > 0), 4),
                    "VentricleDiceWithTemplateCSF": round(dice(vent, dark), 4),
-                   "VentricleVolume": round(float(vent.sum() * np.prod(tpl.header.get_zooms()[:3]) / 1000), 2),
-                   "TemplateDarkVentricleVolume": round(float(dark.sum() * np.prod(tpl.header.get_zooms()[:3])
-                                                              / 1000), 2),
+                   "VentricleVolume": round(float(vent.sum() * voxel_volume_ml(tpl)), 2),
+                   "TemplateDarkVentricleVolume": round(float(dark.sum() * voxel_volume_ml(tpl)), 2),
                    "VolumeUnits": "mL"},
     }
     write_json_atomic(record, out_dir / ATLAS_FILE.name.replace(".nii.gz", ".json"))

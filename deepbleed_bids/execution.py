@@ -264,3 +264,79 @@ def runtime_environment(work_dir=None, omp_nthreads=None):
         tempfile.tempdir = saved_tempdir
         cleanup()
         atexit.unregister(cleanup)
+
+
+# ---------------------------------------------------------------- running a workflow
+
+def workflow_name(relpath, kind="ct"):
+    """The nipype workflow of one image: ``ct_<id>_wf`` (participant runs), ``case_<id>_wf`` (training)."""
+    from .bids import image_id
+
+    return f"{kind}_{image_id(relpath)}_wf"
+
+
+def workflow_of(node_name, kind="ct"):
+    """The per-image workflow (``<kind>_<id>_wf``) in a nipype node's dotted name, or None."""
+    return next((p for p in str(node_name).split(".") if p.startswith(kind + "_") and p.endswith("_wf")),
+                None)
+
+
+def crashed_workflows(crash_dir, kind="ct"):
+    """Map per-image workflow name -> (last error line, crash file), from nipype's crash files."""
+    import re
+
+    out = {}
+    for crash in sorted(Path(crash_dir).glob("crash-*")):
+        text = crash.read_text(errors="replace")
+        node = re.search(r"Node: (\S+)", text)
+        name = node.group(1) if node else crash.name
+        wf = workflow_of(name, kind) or name
+        errors = [line.strip() for line in text.splitlines()
+                  if re.match(r"\s*[\w.]*(Error|Exception)\b.*:", line)]
+        reason = errors[-1] if errors else "see " + str(crash)
+        out.setdefault(wf, (re.sub(r"^[\w.]*\.(\w+(Error|Exception))", r"\1", reason), crash))
+    return out
+
+
+def configure_nipype(work_dir, verbose=0, poll=2.0, stop_on_first_crash=False):
+    """nipype's execution and logging settings for a run; returns (nipype config, a new crash folder
+    ``work_dir/crash/<time>``) so that this run's crash files are told apart from earlier runs'."""
+    from datetime import datetime
+
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    crash_dir = Path(work_dir) / "crash" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    ncfg.update_config({
+        "execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                      "poll_sleep_duration": poll,
+                      "stop_on_first_crash": bool(stop_on_first_crash), "remove_unnecessary_outputs": False,
+                      "hash_method": "content", "check_version": False, "create_report": False,
+                      "write_provenance": False},
+        "logging": {"workflow_level": "INFO" if verbose else "WARNING",
+                    "interface_level": "INFO" if verbose > 1 else "WARNING"},
+    })
+    nlogging.update_logging(ncfg)
+    return ncfg, crash_dir
+
+
+def run_workflow(wf, plugin, plugin_args, crash_dir, kind="ct", callbacks=()):
+    """Run ``wf``; a failing image does not stop the others. Returns :func:`crashed_workflows`.
+
+    nipype raises once at the end when nodes failed (Linear: the node's own error or a
+    RuntimeError, MultiProc: RuntimeError); each failure left a crash file, so the error is
+    swallowed when there is one, and raised when there is none."""
+    args = dict(plugin_args)
+    if callbacks:
+        def status(node, state):
+            for callback in callbacks:
+                callback(node, state)
+
+        args["status_callback"] = status
+    try:
+        wf.run(plugin=plugin, plugin_args=args)
+    except Exception:  # noqa: BLE001
+        if not any(Path(crash_dir).glob("crash-*")):
+            raise
+    return crashed_workflows(crash_dir, kind)

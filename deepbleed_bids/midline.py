@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import minimize
 
+from .nifti import voxel_sizes
 from .qc import distance_mm
 
 BONE_HU = 300.0
@@ -38,12 +39,8 @@ MAX_SHIFT_MM = 25.0
 CONSENSUS_MM = 5.0
 
 
-def _zooms(affine):
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
-
-
 def _coarse(shape, affine, target_mm=1.0):
-    zooms = _zooms(affine)
+    zooms = voxel_sizes(affine)
     step = np.maximum(1, np.floor(target_mm / zooms)).astype(int)
     sl = tuple(slice(0, None, s) for s in step)
     caff = np.asarray(affine, float) @ np.diag([*step, 1.0])
@@ -97,7 +94,7 @@ def skull_plane(hu, affine, brain, init=None, max_points=20000, seed=0):
     """Mid-sagittal plane of the skull: (normal, offset, info); normal points to world +x."""
     affine = np.asarray(affine, float)
     sl, step, caff = _coarse(hu.shape, affine)
-    czooms = _zooms(caff)
+    czooms = voxel_sizes(caff)
     smooth = ndi.uniform_filter(np.asarray(hu, np.float32), size=step)[sl]
     b = np.asarray(brain, bool)[sl]
     near = distance_mm(~b, czooms) <= 20.0
@@ -201,7 +198,7 @@ def _consensus(found, keep_mm=CONSENSUS_MM):
 def midline_points(hu, affine, brain, ventricles, normal, offset, du=0.5, dv=1.0, zone_mm=10.0):
     """Septum / third-ventricle midpoints: (signed distances from the plane (mm), world points, kind)."""
     affine = np.asarray(affine, float)
-    zooms = _zooms(affine)
+    zooms = voxel_sizes(affine)
     vent = np.asarray(ventricles, bool)
     empty = (np.zeros(0), np.zeros((0, 3)), "none")
     if not vent.any():

@@ -30,16 +30,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from .nifti import voxel_sizes, voxel_volume_ml
+
 CSF_HU = (-5.0, 16.0)  # ventricular CSF after 1 mm smoothing; parenchyma is 20-45 HU
 DSEG_LABELS = {1: ("ICH", "parenchymal hemorrhage (intracerebral, outside the ventricles) - estimate"),
                2: ("IVH", "intraventricular hemorrhage (inside the estimated ventricles) - estimate")}
 METHOD = ("atlas ventricle prior (BLAST-CT label 31 on the DeepBleed template) fitted to the scan's CSF "
           "by ANTs SyN with the hemorrhage masked out, carried to the scan through the rigid transform "
           "and refined on its CSF density; ESTIMATE, not validated on labelled IVH")
-
-
-def _zooms(affine):
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
 
 
 def _ball(radius_mm, zooms):
@@ -105,7 +103,7 @@ def mirror_lr(mask, brain):
 def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0, deform=False, seed=1,
                         mirror="restrict", margin_mm=1.5, max_gap_mm=None):
     """Ventricles of the scan on the template grid (step 2 of the module docstring); (mask, info)."""
-    zooms = _zooms(affine_t)
+    zooms = voxel_sizes(affine_t)
     brain = np.asarray(scan_t) != 0
     prior = np.asarray(prior_t, bool) & brain
     hem = np.asarray(hemorrhage_t, bool)
@@ -135,7 +133,7 @@ def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0,
         # blood in a ventricle stays continuous with that ventricle's remaining CSF
         blood &= ndi.distance_transform_edt(~csf, sampling=zooms) <= max_gap_mm
     vent = (csf & _dilate(fitted, 3.0, zooms)) | blood
-    vml = float(np.prod(zooms)) / 1000
+    vml = voxel_volume_ml(affine_t)
     return vent, {"PriorFit": how, "PriorVolume": round(float(prior.sum() * vml), 2),
                   "FittedPriorVolume": round(float(fitted.sum() * vml), 2),
                   "VisibleCSFVolume": round(float(csf.sum() * vml), 2)}
@@ -145,7 +143,7 @@ def native_ventricles(vent_t_img, reference, transform, hu, brain, hemorrhage):
     """Step 3: carry the template-grid ventricles to the scan and refine them on its density."""
     from .atlas import carry_labels
 
-    zooms = _zooms(reference.affine)
+    zooms = voxel_sizes(reference.affine)
     carried = np.asanyarray(carry_labels(vent_t_img, reference, transform, "linear").dataobj) >= 0.5
     brain = np.asarray(brain, bool)
     hem = np.asarray(hemorrhage, bool)
@@ -185,7 +183,7 @@ def split_hemorrhage(scan_t_img, prob_t, reference, transform, hu, brain, hemorr
     vent_img = nib.Nifti1Image(vent_t.astype(np.float32), scan_t_img.affine)
     vent = native_ventricles(vent_img, reference, transform, hu, brain, hemorrhage)
     dseg = split(hemorrhage, vent)
-    vml = float(np.prod(_zooms(reference.affine))) / 1000
+    vml = voxel_volume_ml(reference)
     info = {**split_volumes(dseg, vml), "VentricleVolume": round(float(vent.sum() * vml), 3),
             "Method": METHOD, "Estimate": True, **info}
     return dseg, vent, info

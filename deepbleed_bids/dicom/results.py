@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..derivatives import sidecar_path
 from ..errors import InputError
+from ..nifti import voxel_volume_ml
 from ..utils import atomic_path, write_json_atomic, write_text_atomic
 from .sources import lookup
 
@@ -57,17 +59,6 @@ def _labels(dseg):
     return found
 
 
-def find_parts(out_files, hemorrhage_mask):
-    """The native-space ICH/IVH ``dseg`` written beside the hemorrhage mask, if any."""
-    prefix = Path(hemorrhage_mask).name.split("_desc-")[0]
-    for path in sorted(out_files):
-        name = Path(path).name
-        # the hemorrhage's own dseg, not another one beside it (e.g. the atlas dseg)
-        if name.startswith(prefix + "_") and "_desc-hemorrhage_dseg.nii" in name and "space-" not in name:
-            return Path(path)
-    return None
-
-
 def write_dicom(config, source, planned, out_files=()):
     """Write the SEG and the SR of one CT; returns the sidecar record ``DicomOutputs``.
 
@@ -85,14 +76,14 @@ def write_dicom(config, source, planned, out_files=()):
         raise InputError(entry.get("NotRecorded") or "no source DICOM series recorded for this CT "
                          "(datasets converted by `deepbleed-bids dicom2bids` record it in sourcedata/dicom2bids/)")
     datasets = S.read_series(entry["Files"])
-    sidecar_path = Path(str(planned["hemorrhage_mask"]).replace(".nii.gz", ".json"))
-    sidecar = json.loads(sidecar_path.read_text())
+    sidecar = json.loads(sidecar_path(planned["hemorrhage_mask"]).read_text())
     hem_img = nib.load(str(planned["hemorrhage_mask"]))
     affine = hem_img.affine
     masks = {"hemorrhage": np.asanyarray(hem_img.dataobj) > 0}
     volumes = {"hemorrhage": sidecar["HemorrhageVolume"], "brain": sidecar["BrainVolume"]}
-    vox_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    dseg = find_parts(out_files, planned["hemorrhage_mask"])
+    vox_ml = voxel_volume_ml(affine)
+    # the ICH/IVH split written with this mask (not an older file, not the atlas dseg)
+    dseg = planned["hemorrhage_dseg"] if str(planned["hemorrhage_dseg"]) in map(str, out_files) else None
     if dseg is not None:
         labels = np.asanyarray(nib.load(str(dseg)).dataobj)
         for kind, values in _labels(dseg).items():

@@ -259,7 +259,7 @@ def overview_mosaic(ct, brain, bleed, zooms, n=12, cols=6):
 
 
 def _crop(mask, zooms, margin_mm=15.0):
-    from ..qc import bbox_bounds
+    from ..nifti import bbox_bounds
 
     lo, hi = bbox_bounds(mask)
     pad = np.ceil(margin_mm / zooms[:2]).astype(int)

@@ -15,29 +15,22 @@ from . import html as H
 QC_TEXT = "QC flags: automatic checks that ask a reader to look, not verdicts"
 
 
-def _relpath_of(sidecar_path, meta, out_dir):
-    raw = next((s[len("bids:raw:"):] for s in meta.get("Sources", []) if s.startswith("bids:raw:")), None)
-    if raw:
-        return raw
-    rel = Path(sidecar_path).relative_to(out_dir)
-    return str(rel.parent / (rel.name.replace("_desc-hemorrhage_mask.json", "_ct.nii.gz")))
-
-
 def participant_entries(out_dir, subject, failures=(), skipped=()):
     """``{source relpath: {"sidecar": path|None, "status": ..., "reason": ...}}`` for one participant."""
     out_dir = Path(out_dir)
     sub = "sub-" + B.strip_label(subject, "sub-")
     entries = {}
-    for path in sorted((out_dir / sub).glob("**/*_desc-hemorrhage_mask.json")):
-        if "_space-" in path.name or path.parent.name not in ("ct", "anat"):
+    from ..derivatives import find_outputs
+
+    for found in find_outputs(out_dir, subject=sub):
+        path = found.sidecar
+        if path is None:
             continue
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
+        if found.error:
             entries[str(path.relative_to(out_dir))] = {"sidecar": None, "status": "failed",
-                                                       "reason": f"unreadable sidecar {path.name}: {err}"}
+                                                       "reason": f"unreadable sidecar {path.name}: {found.error}"}
             continue
-        entries[_relpath_of(path, meta, out_dir)] = {"sidecar": path, "meta": meta, "status": "ok", "reason": ""}
+        entries[found.source] = {"sidecar": path, "meta": found.meta, "status": "ok", "reason": ""}
     for status, items in (("failed", failures), ("skipped", skipped)):
         for relpath, reason in items:
             if Path(relpath).parts[0] != sub:
