@@ -84,8 +84,7 @@ def carry_labels(labels_template, reference, transform, interpolation="genericLa
     genericLabel costs seconds per million voxels and a brain fills ~1/6 of a head CT's grid.
     Returns a NIfTI with exactly the reference's affine and header.
     """
-    from .nifti import like
-    from .qc import bbox_bounds
+    from .nifti import bbox_bounds, like
     from .registration import to_native
 
     if not isinstance(labels_template, nib.Nifti1Image):
