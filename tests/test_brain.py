@@ -368,7 +368,8 @@ def thick_ratios(head_and_brain):
         mask = extract_brain(np.asanyarray(thick.dataobj), thick.affine)
         out[slice_mm] = dict(mask=brain_volume_ml(mask, thick.affine) / volume,
                              reference=brain_volume_ml(reference, thick.affine) / volume,
-                             dice=_dice(mask, reference))
+                             dice=_dice(mask, reference),
+                             bone=np.mean(np.asanyarray(thick.dataobj)[mask] >= 200))
     print("thick slices, brain volume / original:", out)
     return out
 
@@ -381,6 +382,8 @@ def test_thick_slices_keep_brain_volume_within_5_percent(thick_ratios):
         assert abs(r["reference"] - 1.0) <= 0.01  # re-slicing alone keeps the volume
         assert abs(r["mask"] - 1.0) <= 0.05
         assert r["dice"] >= 0.97  # the same brain, not just the same volume (measured 0.982-0.986)
+        # the lower shell threshold lets no skull base, petrous bone or streak into the mask
+        assert r["bone"] < 1e-3
 
 
 def test_skull_stripped_flag_reaches_the_config(tmp_path):
