@@ -52,7 +52,7 @@ def pose_run(head_and_brain, asset_home, tmp_path_factory):
     root = tmp_path_factory.mktemp("pose")
     img, brain = head_and_brain
     head, _, info = synth.insert_hematoma(img, brain, 30.0, rng=np.random.default_rng(1017),
-                                              location="lobar", shape_seed=17)
+                                          location="lobar", shape_seed=17)
     centre = (img.affine @ np.r_[np.argwhere(brain).mean(axis=0), 1])[:3]
     moved = {name: _motion(*pose, centre) for name, pose in POSES.items()}
     # cubic, each slice sampled at its centre: the head moved, not re-acquired with more blur
