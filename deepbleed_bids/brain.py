@@ -7,7 +7,11 @@ scipy instead of FSL:
 1. Coarse grid (about 2 mm): bone is HU >= 200. The cranium is what the
    closed skull encloses in 2D sections along each of the three voxel axes;
    the skull base is open in 3D, but most sections of the vault are rings,
-   and a gap rarely opens the same spot in all three directions.
+   and a gap rarely opens the same spot in all three directions. The shell
+   that encloses is everything above the tissue window (>= 120 HU): in 5-7 mm
+   slices thin bone (planum, sella, orbital roofs) averages with brain to
+   120-200 HU, and a 200 HU shell then leaks from the cranium into the sinuses
+   and drops whole blocks of the temporal and frontal lobes.
 2. Soft tissue (0-100 HU) in the cranium is opened with a ball so thin bridges
    through foramina and orbits break; its largest component is the brain.
 3. Native grid: the boundary is redrawn from the 0-100 HU threshold near the
@@ -29,6 +33,7 @@ from .nifti import bbox_bounds, largest_component, voxel_sizes, voxel_volume_ml
 HU_MIN, HU_MAX = -1024.0, 3071.0
 TISSUE_HU = (0.0, 100.0)   # Muschelli et al. 2015 window; ICH is 40-100 HU
 BONE_HU = 200.0
+ENCLOSE_HU = 120.0         # shell that closes the cranium: above the 0-100 HU tissue window
 SMOOTH_MM = 0.75           # Gaussian sigma: tames sub-mm pixel noise, keeps edges
 COARSE_MM = 2.0            # grid of the topology steps
 BONE_CLOSE_MM = 5.0        # seals sutures, foramina and fissures narrower than ~10 mm
@@ -76,10 +81,12 @@ def extract_brain(data, affine):
     pool = 2 * np.ceil((step - 1.1) / 2).clip(0).astype(int) + 1
     bone = ndi.maximum_filter((hu >= BONE_HU).view(np.uint8), size=pool)
     bone = _sample(bone.astype(np.float32), step, cshape) >= 0.5
+    shell = ndi.maximum_filter((hu >= ENCLOSE_HU).view(np.uint8), size=pool)
+    shell = _sample(shell.astype(np.float32), step, cshape) >= 0.5
     hu = ndi.gaussian_filter(hu, SMOOTH_MM / zooms, mode="nearest")
     coarse = _sample(hu, step, cshape)
 
-    closed = _erode(_dilate(bone, BONE_CLOSE_MM, czooms), BONE_CLOSE_MM, czooms) | bone
+    closed = _erode(_dilate(shell, BONE_CLOSE_MM, czooms), BONE_CLOSE_MM, czooms) | shell
     cranium = _fill_holes(closed, 0) | _fill_holes(closed, 1) | _fill_holes(closed, 2)
     tissue = (coarse >= TISSUE_HU[0]) & (coarse <= TISSUE_HU[1]) & cranium & ~bone
     core = largest_component(_erode(tissue, OPEN_MM, czooms), connectivity=1)

@@ -715,11 +715,14 @@ def mass_effect(img, brain_mask, centre_mm, volume_ml, reach_mm=35.0):
 
 
 def reslice(img, motion=None, slice_mm=None, inplane_mm=0.9, tilt_deg=0.0, keep=(0.0, 1.0),
-            pad_hu=-1024.0, order=1):
+            pad_hu=-1024.0, order=1, slab=True):
     """The head re-acquired on a new grid: moved by ``motion`` (RAS 4x4, world), axial
     slices ``slice_mm`` thick (averaged over the slab; None keeps the source spacing),
     the slice plane tilted by ``tilt_deg`` about the left-right axis, and only the
     fraction ``keep`` = (bottom, top) of the head's cranio-caudal extent covered.
+    ``slab=False`` samples each slice at its centre instead of averaging its thickness:
+    the same head merely moved and resampled (with ``order`` 3, little blur), rather
+    than re-acquired with thicker slices.
 
     Returns (image, motion): world point x of the source is world point motion @ x of the
     new image; the new grid's axes are orthogonal (a tilt-corrected stack).
@@ -744,7 +747,7 @@ def reslice(img, motion=None, slice_mm=None, inplane_mm=0.9, tilt_deg=0.0, keep=
     new_aff[:3, 3] = frame @ lo
     # new voxel -> source voxel
     to_src = np.linalg.inv(src_aff) @ np.linalg.inv(motion) @ new_aff
-    n_sub = max(1, int(np.ceil(slice_mm / max(zooms.min(), 1.0))))
+    n_sub = max(1, int(np.ceil(slice_mm / max(zooms.min(), 1.0)))) if slab else 1
     out = np.zeros(tuple(shape), np.float32)
     for k in range(n_sub):  # slab average: a thick slice integrates its thickness
         offset = np.array([0, 0, (k + 0.5) / n_sub - 0.5, 1.0])

@@ -305,6 +305,51 @@ def detail_mosaic(ct, brain, bleed, zooms, abc=None, n=18, cols=6):
     return mosaic.png()
 
 
+SKULL_BASE_WINDOW_HU = (-40.0, 400.0)   # brain grey, bone white: the mask edge against the bone
+PETROUS_HU = 600.0
+
+
+def skull_base_planes(ct, brain):
+    """(sagittal x index, coronal y index) through the skull base, on RAS arrays.
+
+    Sagittal: the brain's mid-plane (clivus, sella, foramen magnum). Coronal: the
+    plane with the most dense bone (>= 600 HU) in the lower 40 % of the brain's
+    height and the middle of its length: the petrous ridges.
+    """
+    lo, hi = (np.array(b) for b in _bounds(brain))
+    x_mid = int(round(np.argwhere(brain.any(axis=(1, 2))).mean()))
+    z_top = int(lo[2] + 0.4 * (hi[2] - lo[2])) + 1
+    # the petrous ridges cross the middle of the brain's length; further back the
+    # occipital squama would win
+    y0, y1 = (int(lo[1] + f * (hi[1] - lo[1])) for f in (0.3, 0.6))
+    box = ct[lo[0]:hi[0] + 1, y0:y1 + 1, lo[2]:z_top]
+    y_petrous = int(y0 + np.argmax((box >= PETROUS_HU).sum(axis=(0, 2))))
+    return x_mid, y_petrous
+
+
+def _bounds(mask):
+    where = [np.flatnonzero(np.asarray(mask).any(axis=tuple(b for b in range(3) if b != a)))
+             for a in range(3)]
+    return [w[0] for w in where], [w[-1] for w in where]
+
+
+def skull_base_figure(ct, brain, zooms):
+    """The brain mask outlined on a mid-sagittal and a coronal slice through the petrous
+    bones, in a window that shows bone: the mask must stop at the skull base."""
+    if not np.any(brain):
+        return None
+    x, y = skull_base_planes(ct, brain)
+    fig, axes = _figure(2, 2, panel_in=3.0)
+    # sagittal: (y, z) with anterior on the left (_show flips the first axis); coronal: radiological
+    for ax, plane, mask, zxy, text in (
+            (axes[0], ct[x], brain[x], zooms[[1, 2]], f"sagittal x {x}  (anterior left)"),
+            (axes[1], ct[:, y], brain[:, y], zooms[[0, 2]], f"coronal y {y}  (R left, petrous)")):
+        _show(ax, plane, zxy, SKULL_BASE_WINDOW_HU)
+        _contour(ax, mask > 0, BRAIN_COLOR, 0.8)
+        _label(ax, text, "tl", 7)
+    return _png(fig)
+
+
 def alignment_figure(registered, template):
     """The registered scan (network input) with the template's edges, 3 views x 3 slices."""
     from scipy import ndimage as ndi

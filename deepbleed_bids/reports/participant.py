@@ -63,6 +63,12 @@ def _figures(out_dir, bids_dir, relpath, meta):
                      "0-80 HU<span style='background:#00d5ff'></span>brain mask"
                      "<span style='background:#ff2a2a'></span>hemorrhage</p>")
         parts.append(H.embedded_png(F.overview_mosaic(ct, brain, bleed, zooms), f"{relpath} overview"))
+        skull_base = F.skull_base_figure(ct, brain, zooms)
+        if skull_base is not None:
+            parts.append("<h3>Native space: brain mask at the skull base</h3><p class='legend'>-40 to 400 HU "
+                         "so bone shows; the<span style='background:#00d5ff'></span>brain mask must stay off "
+                         "the skull base, petrous bones and their streaks</p>")
+            parts.append(H.embedded_png(skull_base, f"{relpath} skull base"))
         detail = F.detail_mosaic(ct, brain, bleed, zooms, abc)
         if detail is not None:
             parts.append("<h3>Native space: every hemorrhage slice</h3><p class='legend'>outline only, so the "
