@@ -8,7 +8,8 @@ from pathlib import Path
 
 MASK_METHODS = ("probability", "deepbleed")
 # What decides the numbers in the outputs: recorded in every sidecar's "Parameters"
-PARAMETERS = ("brain_extraction", "mask_method", "threshold", "seed", "device", "mixed_precision", "kernels")
+PARAMETERS = ("brain_extraction", "skull_stripped", "mask_method", "threshold", "seed", "device",
+              "mixed_precision", "kernels")
 
 
 def parameters(config):
