@@ -118,13 +118,43 @@ def mirror_lr(mask, brain, c2=None):
     return out
 
 
-def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0, deform=False, seed=1,
-                        mirror="restrict", margin_mm=1.5, max_gap_mm=None):
-    """Ventricles of the scan on the template grid (step 2 of the module docstring); (mask, info)."""
-    zooms = _zooms(affine_t)
+def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0, plane=False, **options):
+    """Ventricles of the scan on the template grid (step 2 of the module docstring); (mask, info).
+
+    Computed in the box around the prior (+ search_mm + 10 mm, and its mirror image), which
+    holds every voxel the result can reach: 5-10x fewer voxels than the 128^3 grid."""
+    scan_t = np.asarray(scan_t, np.float32)
     brain = template_brain(scan_t)
     prior = np.asarray(prior_t, bool) & brain
-    hem = np.asarray(hemorrhage_t, bool)
+    zooms = _zooms(affine_t)
+    c2 = int(round(2 * np.argwhere(brain)[:, 0].mean())) if brain.any() else scan_t.shape[0] - 1
+    out = np.zeros(scan_t.shape, bool)
+    if not prior.any():
+        return out, {"PriorFit": "none (no prior inside the brain)", "PriorVolume": 0.0,
+                     "FittedPriorVolume": 0.0, "VisibleCSFVolume": 0.0}
+    box = list(_box_of(prior, np.ceil((search_mm + 10.0) / zooms).astype(int), scan_t.shape))
+    x0 = max(0, min(box[0].start, c2 - box[0].stop + 1))
+    x1 = min(scan_t.shape[0], max(box[0].stop, c2 - box[0].start + 1))
+    box[0] = slice(x0, x1)
+    box = tuple(box)
+    shift = np.eye(4)
+    shift[:3, 3] = [b.start for b in box]
+    vent, info = _template_ventricles(scan_t[box], np.asarray(hemorrhage_t, bool)[box], prior[box], brain[box],
+                                      np.asarray(affine_t, float) @ shift, c2 - 2 * x0, search_mm=search_mm,
+                                      **options)
+    out[box] = vent
+    if plane:
+        c2_box, score = mirror_offset(info.pop("_csf"), np.asarray(hemorrhage_t, bool)[box], brain[box], zooms,
+                                      start=c2 - 2 * x0)
+        info.update(MirrorIndexSum=int(c2_box + 2 * x0), MirrorOverlap=round(score, 3))
+    else:
+        info.pop("_csf")
+    return out, info
+
+
+def _template_ventricles(scan_t, hem, prior, brain, affine_t, c2, search_mm=10.0, deform=False, seed=1,
+                         mirror="restrict", margin_mm=1.5, max_gap_mm=None):
+    zooms = _zooms(affine_t)
     zone = _dilate(prior, search_mm, zooms) & brain
     csf = csf_mask(scan_t, brain, zooms, min_depth_mm=6.0) & zone & ~hem
     csf = _touching(csf, prior)
@@ -142,18 +172,17 @@ def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0,
         # the prior is trusted where the other side's ventricle is visible (a clot is mostly
         # one-sided), or where both sides hold blood; an atlas larger than this scan's ventricles
         # would otherwise call parenchymal blood beside a ventricle intraventricular
-        other = _dilate(mirror_lr(csf | hem, brain), 3.0, zooms)
+        other = _dilate(mirror_lr(csf | hem, brain, c2), 3.0, zooms)
         expected = csf | (fitted & other)
     elif mirror:  # the other side's ventricle shows the blood-filled one
-        expected |= mirror_lr(csf, brain)
+        expected |= mirror_lr(csf, brain, c2)
     blood = hem & _dilate(expected, margin_mm, zooms)
     if max_gap_mm is not None and csf.any():
         # blood in a ventricle stays continuous with that ventricle's remaining CSF
         blood &= ndi.distance_transform_edt(~csf, sampling=zooms) <= max_gap_mm
     vent = (csf & _dilate(fitted, 3.0, zooms)) | blood
     vml = float(np.prod(zooms)) / 1000
-    c2, score = mirror_offset(csf, hem, brain, zooms)
-    return vent, {"MirrorIndexSum": int(c2), "MirrorOverlap": round(score, 3), "PriorFit": how, "PriorVolume": round(float(prior.sum() * vml), 2),
+    return vent, {"_csf": csf, "PriorFit": how, "PriorVolume": round(float(prior.sum() * vml), 2),
                   "FittedPriorVolume": round(float(fitted.sum() * vml), 2),
                   "VisibleCSFVolume": round(float(csf.sum() * vml), 2)}
 
@@ -229,12 +258,13 @@ def template_to_native_ras(transform):
     return lps @ _matrix(transform) @ lps
 
 
-def mirror_offset(csf_t, hem_t, brain_t, zooms, search=6):
+def mirror_offset(csf_t, hem_t, brain_t, zooms, search=6, start=None):
     """The template-grid x index sum ``c2`` (x -> c2 - x) of the scan's ventricular mirror plane:
     the reflection that best overlays the visible ventricular CSF on itself, blood (and 3 mm
     around it) left out. Starts at the brain's centroid; searched +- ``search`` voxels (half
     voxel steps)."""
-    start = int(round(2 * np.argwhere(brain_t)[:, 0].mean())) if brain_t.any() else csf_t.shape[0] - 1
+    if start is None:
+        start = int(round(2 * np.argwhere(brain_t)[:, 0].mean())) if brain_t.any() else csf_t.shape[0] - 1
     keep = ~_dilate(hem_t, 3.0, zooms) & ~mirror_lr(_dilate(hem_t, 3.0, zooms), brain_t, start)
     a = csf_t & keep
     best, best_score = start, -1.0
@@ -387,7 +417,7 @@ def split_hemorrhage(scan_t_img, prob_t, reference, transform, hu, brain, hemorr
         how = METHOD_MIRROR
     elif method == "prior":
         vent_t, info = template_ventricles(scan_t, hem_t, prior, scan_t_img.affine, deform=deform, seed=seed,
-                                           **options)
+                                           plane=budget, **options)
         vent_img = nib.Nifti1Image(vent_t.astype(np.float32), scan_t_img.affine)
         vent = native_ventricles(vent_img, reference, transform, hu, brain, hemorrhage)
         if budget:
