@@ -617,7 +617,8 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
     ventricles); "cast": centred inside a ventricle (mostly intraventricular blood);
     "pure": confined to the ventricles (primary IVH, no parenchymal part); "mass_effect":
     a deep (basal ganglia/thalamus) clot beside the ventricles that first pushes the brain
-    (:func:`mass_effect`: the ventricle is displaced, not filled), so its IVH is 0 or small.
+    (:func:`mass_effect`: the ventricle is displaced) and grows around the pushed ventricles,
+    never into them (its IVH is 0: the case a split must not call intraventricular).
     Returns (new image, truth mask, truth IVH mask, info) with info["intraventricular_ml"]
     and info["parenchymal_ml"] measured on the image's grid (for "mass_effect" the truth
     is taken on the pushed anatomy; info["max_shift_mm"] is the push).
@@ -636,7 +637,9 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
         pushed, brain, effect = mass_effect(img, brain, centre, volume_ml)
         data = _as_float(pushed)
         maps = _Maps(brain, affine, data)
-        mask, info = _grow(brain, affine, volume_ml, "deep", np.asarray(centre, float),
+        # near but not in: the clot grows around the pushed ventricles, not into them
+        vent = ventricle_truth(data, brain, affine, brain, maps)
+        mask, info = _grow(brain & ~ndi.binary_dilation(vent), affine, volume_ml, "deep", np.asarray(centre, float),
                            int(rng.integers(2**31)), data, maps)
         ivh = ventricle_truth(data, brain, affine, mask, maps)
         info["max_shift_mm"] = effect["max_shift_mm"]
