@@ -10,15 +10,19 @@ every output until validated on labelled scans):
    ``CSF_HU`` at least 6 mm inside the brain, within ``search_mm`` of the prior,
    in components touching the prior. Where blood fills a ventricle its shape can
    only come from the prior; but an atlas is an average head, and its ventricles
-   may be larger than this scan's (here 58 vs 33 mL), which would call parenchymal
+   may be larger than this scan's (here 58 vs 37 mL), which would call parenchymal
    blood beside a ventricle intraventricular. So the prior is trusted only where
    the other hemisphere's mirror image shows CSF or blood (a clot is mostly
    one-sided; ``mirror="restrict"``). Template-grid ventricles = visible CSF near
    the prior + hemorrhage within ``margin_mm`` of (visible CSF or the trusted prior).
-   Mass effect: ``deform="SyN"``/``"Affine"`` first fits the prior to the visible
-   CSF with ANTs, the hemorrhage (and a 3 mm margin) masked out of the metric; on
-   the synthetic cases it shrank the prior away from the blood-filled ventricle and
-   cost ~70 s, so it is off by default (README, benchmarks/bench_ivh_uncertainty.py).
+   The template-grid brain is the network input's non-zero voxels with holes filled (CSF
+   voxels of exactly 0 HU are 0 there too; unfilled, they made the ventricles look shallow
+   and the depth rule dropped over half of the visible ventricular CSF).
+   Mass effect: a large clot pushes the ventricles aside and the rigid prior then lies on the
+   clot. With ``deform="auto"`` (default) the prior is first fitted to the visible CSF with ANTs
+   SyN, the hemorrhage (and a 3 mm margin) masked out of the metric, when >= ``AUTO_DEFORM_ML``
+   of blood lies outside the prior (only a large mass displaces; ~20 s then, ~2 s otherwise).
+   Work is done in a box around the prior, not on the whole 128^3 grid.
 3. Native refinement: the template-grid ventricles carried to the scan through
    the participant-level rigid transform (linear, >= 0.5), kept where the scan
    shows CSF or blood, plus CSF voxels within 1.5 mm of them.
