@@ -633,13 +633,21 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
     if maps.vent is None or not maps.vent.any():
         raise ValueError("no ventricles found in this image: cannot place an intraventricular hematoma")
     if kind == "mass_effect":
-        centre = _place(maps, brain, affine, "deep", _radius(volume_ml), rng)
-        pushed, brain, effect = mass_effect(img, brain, centre, volume_ml)
-        data = _as_float(pushed)
-        maps = _Maps(brain, affine, data)
-        # near but not in: the clot grows around the pushed ventricles, not into them
-        vent = ventricle_truth(data, brain, affine, brain, maps)
-        mask, info = _grow(brain & ~ndi.binary_dilation(vent), affine, volume_ml, "deep", np.asarray(centre, float),
+        original = brain
+        for _ in range(5):  # a centre that the push leaves outside the ventricles
+            centre = _place(maps, original, affine, "deep", _radius(volume_ml), rng)
+            pushed, brain, effect = mass_effect(img, original, centre, volume_ml)
+            data = _as_float(pushed)
+            pushed_maps = _Maps(brain, affine, data)
+            # near but not in: the clot grows around the pushed ventricles, not into them
+            room = brain & ~ndi.binary_dilation(ventricle_truth(data, brain, affine, brain, pushed_maps))
+            vox = tuple(np.rint(_to_voxel(affine, centre)).astype(int))
+            if all(0 <= v < n for v, n in zip(vox, room.shape)) and room[vox]:
+                break
+        else:
+            raise ValueError("could not place a deep clot outside the pushed ventricles")
+        maps = pushed_maps
+        mask, info = _grow(room, affine, volume_ml, "deep", np.asarray(centre, float),
                            int(rng.integers(2**31)), data, maps)
         ivh = ventricle_truth(data, brain, affine, mask, maps)
         info["max_shift_mm"] = effect["max_shift_mm"]
