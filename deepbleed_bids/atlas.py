@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .nifti import voxel_volume_ml
+from .utils import ants_seed
 
 ATLAS_DIR = Path(__file__).parent / "data" / "atlas"
 ATLAS_FILE = ATLAS_DIR / "tpl-DeepBleedCT_atlas-BLASTCT_dseg.nii.gz"
@@ -150,9 +151,10 @@ def register_atlas(source_dir, template_path, out_dir=ATLAS_DIR, seed=1):
     atlas = ants.image_read(str(source_dir / "atlas_template_space.nii.gz"))
     m_vent = atlas.new_image_like(ndi.gaussian_filter((atlas.numpy() == VENTRICLE_LABEL).astype(np.float32),
                                                       1.5))
-    reg = ants.registration(f_brain, m_brain, type_of_transform="SyN", random_seed=seed,
-                            aff_metric="meansquares", syn_metric="meansquares",
-                            multivariate_extras=[("meansquares", f_vent, m_vent, 1, 0)])
+    with ants_seed(seed):
+        reg = ants.registration(f_brain, m_brain, type_of_transform="SyN",
+                                aff_metric="meansquares", syn_metric="meansquares",
+                                multivariate_extras=[("meansquares", f_vent, m_vent, 1, 0)])
     labels = ants.apply_transforms(f_brain, atlas, reg["fwdtransforms"], interpolator="genericLabel").numpy()
     labels = np.rint(labels).astype(np.int16) * (brain > 0)
     warped_brain = ants.apply_transforms(f_brain, m_brain, reg["fwdtransforms"]).numpy() > 0.5

@@ -580,7 +580,7 @@ def random_case(img, brain_mask, rng, volume_range_ml=(1.0, 150.0), p_empty=0.1,
 
 # ---------------------------------------------------------------- intraventricular extension
 
-VENTRICULAR_KINDS = ("extension", "cast")
+VENTRICULAR_KINDS = ("extension", "cast", "pure", "mass_effect")
 
 
 def ventricle_truth(image, brain_mask, affine, mask, maps=None):
@@ -607,9 +607,14 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
 
     kind "extension": a parenchymal clot centred next to a ventricle that breaks into it
     (the generator's "ventricle" location: blood spreads 1.7x farther inside the
-    ventricles); "cast": centred inside a ventricle (mostly intraventricular blood).
+    ventricles); "cast": centred inside a ventricle (mostly intraventricular blood);
+    "pure": confined to the ventricles (primary IVH, no parenchymal part); "mass_effect":
+    a deep (basal ganglia/thalamus) clot beside the ventricles that first pushes the brain
+    (:func:`mass_effect`: the ventricle is displaced) and grows around the pushed ventricles,
+    never into them (its IVH is 0: the case a split must not call intraventricular).
     Returns (new image, truth mask, truth IVH mask, info) with info["intraventricular_ml"]
-    and info["parenchymal_ml"] measured on the image's grid.
+    and info["parenchymal_ml"] measured on the image's grid (for "mass_effect" the truth
+    is taken on the pushed anatomy; info["max_shift_mm"] is the push).
     """
     if kind not in VENTRICULAR_KINDS:
         raise ValueError(f"kind must be one of {VENTRICULAR_KINDS}, not {kind!r}")
@@ -620,7 +625,31 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
     maps = _Maps(brain, affine, data)
     if maps.vent is None or not maps.vent.any():
         raise ValueError("no ventricles found in this image: cannot place an intraventricular hematoma")
-    if kind == "cast":
+    if kind == "mass_effect":
+        original = brain
+        for _ in range(5):  # a centre that the push leaves outside the ventricles
+            centre = _place(maps, original, affine, "deep", _radius(volume_ml), rng)
+            pushed, brain, effect = mass_effect(img, original, centre, volume_ml)
+            data = _as_float(pushed)
+            pushed_maps = _Maps(brain, affine, data)
+            # near but not in: the clot grows around the pushed ventricles, not into them
+            room = brain & ~ndi.binary_dilation(ventricle_truth(data, brain, affine, brain, pushed_maps))
+            vox = tuple(np.rint(_to_voxel(affine, centre)).astype(int))
+            if all(0 <= v < n for v, n in zip(vox, room.shape)) and room[vox]:
+                break
+        else:
+            raise ValueError("could not place a deep clot outside the pushed ventricles")
+        maps = pushed_maps
+        mask, info = _grow(room, affine, volume_ml, "deep", np.asarray(centre, float),
+                           int(rng.integers(2**31)), data, maps)
+        ivh = ventricle_truth(data, brain, affine, mask, maps)
+        info["max_shift_mm"] = effect["max_shift_mm"]
+        return _finish_ventricular(img, data, brain, affine, mask, ivh, info, kind, rng, hu_range, mean_hu,
+                                   texture_sd)
+    grow_in = brain
+    if kind == "pure":  # grown inside the ventricles only: the whole clot is intraventricular
+        grow_in = ventricle_truth(data, brain, affine, brain, maps)
+    if kind in ("cast", "pure"):
         cand = np.argwhere(maps.vent & (maps.depth >= 15))
         if len(cand) == 0:
             cand = np.argwhere(maps.vent)
@@ -628,16 +657,21 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
         for _ in range(50):
             xyz = _to_world(maps.affine, cand[rng.integers(len(cand))])
             vox = np.rint(_to_voxel(affine, xyz)).astype(int)
-            if np.all(vox >= 0) and np.all(vox < brain.shape) and brain[tuple(vox)]:
+            if np.all(vox >= 0) and np.all(vox < brain.shape) and grow_in[tuple(vox)]:
                 center = xyz
                 break
         if center is None:
             raise ValueError("could not place an intraventricular hematoma")
     else:
         center = _place(maps, brain, affine, "ventricle", _radius(volume_ml), rng)
-    mask, info = _grow(brain, affine, volume_ml, "ventricle", np.asarray(center, float),
+    mask, info = _grow(grow_in, affine, volume_ml, "ventricle", np.asarray(center, float),
                        int(rng.integers(2**31)), data, maps)
     ivh = ventricle_truth(data, brain, affine, mask, maps)
+    return _finish_ventricular(img, data, brain, affine, mask, ivh, info, kind, rng, hu_range, mean_hu,
+                               texture_sd)
+
+
+def _finish_ventricular(img, data, brain, affine, mask, ivh, info, kind, rng, hu_range, mean_hu, texture_sd):
     info["kind"] = kind
     info["mean_hu"] = _paint(data, brain, mask, affine, rng, hu_range, mean_hu, texture_sd)
     vml = voxel_volume_ml(affine)
