@@ -3,7 +3,7 @@
 It is plain data (JSON-serialisable), so nipype nodes receive it as a dict and
 every output records it as provenance.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 MASK_METHODS = ("probability", "deepbleed")
@@ -15,7 +15,9 @@ PARAMETERS = ("brain_extraction", "skull_stripped", "mask_method", "threshold", 
 def parameters(config):
     """:data:`PARAMETERS` of a :class:`Config` or of its dict (as nipype nodes receive it)."""
     data = config if isinstance(config, dict) else asdict(config)
-    return {k: data[k] for k in PARAMETERS}
+    # a dict from an older run's config may lack a newer key: the default then decided it
+    defaults = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+    return {k: data.get(k, defaults.get(k)) for k in PARAMETERS}
 
 
 @dataclass
