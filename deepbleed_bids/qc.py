@@ -52,6 +52,7 @@ BONE_HU = 200.0  # as deepbleed_bids.brain
 THRESHOLDS = {
     "min_similarity": 0.10,
     "min_brain_overlap": 0.70,
+    "min_template_coverage": 0.90,
     "brain_volume_ml": [1000.0, 2000.0],
     "min_brain_extent_mm": 90.0,
     "edge_area_cm2": 2.0,
@@ -371,10 +372,17 @@ def check_thresholds(thresholds):
         raise ValueError(f"unknown QC thresholds {unknown}; known: {sorted(THRESHOLDS)}")
 
 
-def registration_flag(similarity, overlap, thresholds=None):
-    """Why the alignment to the template looks wrong, or None (the ``registration`` flag)."""
+def registration_flag(similarity, overlap, thresholds=None, coverage=None):
+    """Why the alignment to the template looks wrong, or None (the ``registration`` flag).
+
+    coverage: share of the template brain inside the scan's field of view after
+    alignment (deepbleed_bids.registration); None skips that check."""
     t = {**THRESHOLDS, **(thresholds or {})}
     bad = []
+    if coverage is not None and coverage == coverage and coverage < t["min_template_coverage"]:
+        bad.append(f"only {100 * coverage:.0f}% of the template brain lies inside the scanned "
+                   f"field of view (< {100 * t['min_template_coverage']:.0f}%): the alignment "
+                   "of a cut head is unreliable")
     if similarity is not None and similarity == similarity and similarity < t["min_similarity"]:
         bad.append(f"similarity {_fmt(similarity)} < {t['min_similarity']}")
     if overlap is not None and overlap == overlap and overlap < t["min_brain_overlap"]:
@@ -391,7 +399,8 @@ def flags(metrics, thresholds=None):
     t = {**THRESHOLDS, **(thresholds or {})}
     m = metrics
     out = {}
-    reason = registration_flag(m.get("RegistrationSimilarity"), m.get("TemplateOverlap"), t)
+    reason = registration_flag(m.get("RegistrationSimilarity"), m.get("TemplateOverlap"), t,
+                               coverage=m.get("TemplateCoverage"))
     if reason:
         out["registration"] = reason
     lo, hi = t["brain_volume_ml"]

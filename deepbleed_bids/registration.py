@@ -7,31 +7,30 @@ NIfTI reader, which may choose qform or sform differently from nibabel. Every
 output is built from the reference's own affine and header, so its qform and
 sform are the reference's.
 
-Registration follows DeepBleed (rigid, Mattes MI with 64 bins, seeded) and
-runs in a child process: ITK reads ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS once
-per process, so only a fresh process honours ``threads``, and the caller's
-environment is left alone. Changes from DeepBleed's DenseRigid call, measured
-on the real GE head (tests/test_registration.py):
+Registration (issue 10, issue 13 point 2) is pure numpy/scipy in this process:
 
-* Speed (DenseRigid: ~70 s CPU; here ~15 s): native voxels block-averaged to
-  ~1 mm, metric on 50 % of a regular grid within 10 mm of the template brain,
-  levels of 6, 3 and 1.5 mm with smoothing in mm (native voxels are
-  0.5 x 0.5 x 2.6 mm: voxel units smooth 5x more across slices), and a
-  10-iteration full-resolution polish as in DeepBleed.
-* Global start search before ANTs (issue 10: a real scan with a large deep
-  hematoma converged to a 24 deg roll from a single start): 125 rotations
-  (-40..40 deg in 20 deg steps about each axis) around the principal-axes pose
-  (so the search moves with the scan: pose invariance), about the brain centres of mass, scored on a 6 mm template grid by the
-  Pearson r of HU (ANTs' GC similarity; points outside the scanned field of
-  view do not count), the 4 best distinct starts refined with Powell, the
-  best kept. Pure numpy in this process: the same start whatever the thread
-  count. The start is applied by re-posing the moving header, so ANTs sees the
-  same input whatever the header pose; ANTs then only needs the 3 mm and
-  1.5 mm levels. ``search=False`` gives the former single start (principal
-  axes, 6-3-1.5 mm levels) for benchmarks/bench_registration.py.
+* Global start: 125 rotations (-40..40 deg in 20 deg steps about each axis)
+  around the principal-axes pose (the search moves with the scan: pose
+  invariance) x 3 head-foot shifts (-20, 0, +20 mm: a scan cut at the top or
+  bottom has its brain's centre of mass displaced), about the brain centres of
+  mass, scored on a 6 mm template grid; the 4 best distinct poses refined with
+  Powell on that grid, the 2 best of those refined on a 3 mm grid (1/3 of its
+  points, regular sampling), the best polished on all 3 mm points.
+* Metric: Pearson r (ANTs' GC) of HU clipped to [0, 50] (a hematoma weighs no
+  more than grey matter) at template points within 10 mm of its brain, the
+  brain-extracted CT 0 elsewhere, and 0 outside the scanned field of view too
+  (ITK's metrics skip such points, which let a cut scan slide 9-23 mm: see
+  _Level.score).
+* Reproducible with any thread count: one thread, fixed regular sampling,
+  float64 sums in a fixed order (no BLAS reductions, no random sampling), so
+  the same input gives the same bits on every re-run; ITK's multi-threaded
+  metric sums moved the result by 0.36 mm between thread counts. About 4-6 CPU
+  seconds per registration (the former ANTs fine stage took 13-18).
 
-The MI optimum is flat: seeds or thread counts move the result by 0.5-1 mm,
-other reasonable settings (DenseRigid included) by 1-3 mm.
+``search=False`` keeps the former single start (principal axes, then ANTs
+Mattes MI at 6-3-1.5 mm in a child process: ITK reads
+ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS once per process) for the side-by-side in
+benchmarks/bench_registration.py.
 
 The transform file maps template (fixed) points to native (moving) points, as
 ANTs' forward transforms do: used as is it pulls native data onto the template
@@ -79,10 +78,12 @@ SEARCH_DISTINCT_MM = 10.0       # a refined start moves the brain by at least th
 FINE_STARTS = 2                 # best refined starts taken to the 3 mm grid; best final kept
 CLIP_HU = (0.0, 50.0)           # metric on clipped HU: blood weighs no more than grey matter
 
-# Fine stage (ANTs) after the global search, and the single-start settings it replaced
-# (kept for the benchmark: register_rigid(search=False)).
-FINE = {"metric": "mattes", "bins": MI_BINS, "sampling_rate": SAMPLING_RATE,
-        "iterations": (200, 10), "shrink_factors": (2, 1), "smoothing_mm": (1.5, 0.0)}
+# The numpy registration (global search and refinement), as recorded in the sidecar; and
+# the former ANTs single-start settings (kept for the benchmark: register_rigid(search=False)).
+SEARCH = {"metric": "pearson", "clip_hu": list(CLIP_HU), "sampling": "regular",
+          "grid_mm": [6.0, 3.0, 3.0], "moving_mm": [SEARCH_MOVING_MM, 1.5, 1.5],
+          "smoothing_mm": [0.0, 1.5, 1.5], "sampling_stride": [1, 3, 1],
+          "optimizer": "powell", "xtol": [0.5, 0.1, 0.05]}
 SINGLE_START = {"metric": "mattes", "bins": MI_BINS, "sampling_rate": SAMPLING_RATE,
                 "iterations": ITERATIONS, "shrink_factors": SHRINK_FACTORS,
                 "smoothing_mm": SMOOTHING_MM}
@@ -235,7 +236,9 @@ def _principal_frame(mask, affine):
     xyz = lps[:3, :3] @ ijk + lps[:3, 3:4]
     centre = xyz.mean(axis=1)
     xyz -= centre[:, None]
-    var, axes = np.linalg.eigh(xyz @ xyz.T / xyz.shape[1])
+    # Elementwise sums, not a BLAS product: the same bits whatever BLAS's thread count.
+    cov = np.array([[np.sum(xyz[i] * xyz[j]) for j in range(3)] for i in range(3)]) / xyz.shape[1]
+    var, axes = np.linalg.eigh(cov)
     return centre, np.sqrt(np.maximum(var, 0)), axes
 
 
@@ -448,11 +451,11 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
     "overlap", "params"}. similarity: Pearson correlation of HU between the
     template and the registered brain where both are non-zero (QC; higher is
     better); mutual_information: Mattes MI in the metric mask; overlap: Dice
-    of the two brain masks. The same input, seed and threads=1 give the same
-    transform; threads > 1 is faster but not reproducible (ITK sums MI over
-    threads in varying order: ~0.5 mm on the GE head).
-    search: run the global start search (params["global_search"]: the winning
-    start, its score and the search time); False: the single principal-axes start.
+    of the two brain masks. search=True (default): the numpy registration, the same
+    transform whatever ``threads`` and on every re-run (params["global_search"]: the
+    winning start, its scores, how far the runner-up start landed, the time).
+    search=False: the former single principal-axes start and ANTs (mutual_information
+    set; reproducible with threads=1 only).
     """
     check_affine(moving)
     check_template_grid(template)
@@ -484,10 +487,10 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
     small, small_affine = _block_mean(data, moving_affine, zooms)
     start = time.perf_counter()
     axes = _initial_pose(small != 0, small_affine, fixed_brain, _affine(template))
-    settings = FINE if search else SINGLE_START
+    settings = SEARCH if search else {**SINGLE_START, "sampling": "regular"}
     params = {"transform": "Rigid", **{k: list(v) if isinstance(v, tuple) else v
                                         for k, v in settings.items()},
-              "sampling": "regular", "mask_margin_mm": MASK_MARGIN_MM,
+              "mask_margin_mm": MASK_MARGIN_MM,
               "moving_voxel_mm": [float(z) for z in np.linalg.norm(small_affine[:3, :3], axis=0)],
               "seed": int(seed), "threads": int(threads)}
     if search:
@@ -549,7 +552,8 @@ def _write_transform(lps, path):
 
 def _alignment_quality(fixed, fixed_affine, moving, moving_affine, pose):
     """QC of a fixed->moving RAS pose on the template grid: Pearson r of HU where both
-    brains are non-zero ("similarity") and Dice of the brains ("overlap")."""
+    brains are non-zero ("similarity"), Dice of the brains ("overlap") and the share of
+    the template brain inside the scanned field of view ("coverage")."""
     ijk = np.indices(fixed.shape, dtype=np.float32).reshape(3, -1)
     vox = np.linalg.inv(moving_affine) @ pose @ fixed_affine
     src = sum(vox[:3, k:k + 1] * ijk[k] for k in range(3)) + vox[:3, 3:4]
@@ -557,9 +561,21 @@ def _alignment_quality(fixed, fixed_affine, moving, moving_affine, pose):
                                  prefilter=False).reshape(fixed.shape)
     f = fixed
     both = (f != 0) & (warped != 0)
-    corr = float(np.corrcoef(f[both], warped[both])[0, 1]) if both.sum() > 100 else 0.0
+    corr = 0.0
+    if both.sum() > 100:
+        a = f[both].astype(np.float64)
+        b = warped[both].astype(np.float64)
+        a -= a.mean()
+        b -= b.mean()
+        corr = float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
     dice = 2.0 * both.sum() / max(1, (f != 0).sum() + (warped != 0).sum())
-    return {"similarity": corr, "mutual_information": None, "overlap": float(dice)}
+    # Share of the template brain inside the scanned field of view: a scan cut at the top
+    # or bottom leaves the alignment of its missing part to the shape of the rest.
+    top = np.array(moving.shape)[:, None] - 0.5
+    scanned = np.all((src >= -0.5) & (src <= top), axis=0).reshape(fixed.shape)
+    coverage = float(np.count_nonzero(scanned & (f != 0)) / max(1, np.count_nonzero(f)))
+    return {"similarity": corr, "mutual_information": None, "overlap": float(dice),
+            "coverage": coverage}
 
 
 def _matrix(transform_file):
