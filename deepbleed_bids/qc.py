@@ -9,8 +9,12 @@ Flags (name -> why, in the hemorrhage sidecar's ``QC`` field and the group
 table) and their default thresholds, all in :data:`THRESHOLDS`:
 
 * ``registration``: similarity to the template after alignment (Pearson r of HU
-  where both brains are non-zero) below ``min_similarity``, or Dice of the
-  registered brain with the template brain below ``min_brain_overlap``. Measured
+  where both brains are non-zero) below ``min_similarity``, Dice of the
+  registered brain with the template brain below ``min_brain_overlap``, or less
+  than ``min_template_coverage`` of the template brain inside the scanned field
+  of view (a head cut at the top or bottom: in benchmarks/bench_registration.py
+  the cases over 5 mm were cut cases with coverage 0.80-0.89, the successes had
+  0.93-1.00; README "Registration robustness"). Measured
   on the real GE head: correct alignments r 0.23-0.35 and Dice 0.85; moved by
   15 mm r 0.20-0.24, Dice 0.77. Both only catch gross failures: the alignment
   figure of the report is the real check.
@@ -463,12 +467,13 @@ def uncertain_reasons(metrics, thresholds=None):
 
 
 def quality(hu, brain, hemorrhage, affine, hemorrhage_ml=None, similarity=None,
-            registered=None, template=None, metadata=None, thresholds=None, uncertainty=None):
+            registered=None, template=None, metadata=None, thresholds=None, uncertainty=None,
+            coverage=None):
     """The QC record of one image: {"Flags", "Pass", "Metrics", "Thresholds", "Hyperdensity"}.
 
     hu, brain, hemorrhage: native arrays; registered/template: the network input
     and the template on the template grid (optional); metadata: {"kernel_type",
-    "contrast"} of the source.
+    "contrast"} of the source; coverage: register_rigid's "coverage" (optional).
     """
     check_thresholds(thresholds)
     t = {**THRESHOLDS, **(thresholds or {})}
@@ -476,6 +481,7 @@ def quality(hu, brain, hemorrhage, affine, hemorrhage_ml=None, similarity=None,
     m["RegistrationSimilarity"] = float(similarity) if similarity is not None else None
     m["TemplateOverlap"] = template_overlap(registered, template) \
         if registered is not None and template is not None else None
+    m["TemplateCoverage"] = float(coverage) if coverage is not None else None
     m["KernelType"] = (metadata or {}).get("kernel_type", "unknown")
     m["ContrastSuspected"] = bool((metadata or {}).get("contrast", False))
     unc = uncertainty or {}

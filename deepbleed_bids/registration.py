@@ -505,6 +505,7 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_transform(pose, out)
         result = _alignment_quality(fixed, _affine(template), small, small_affine, pose_ras)
+        params["template_coverage"] = round(result["coverage"], 4)
         params["seconds"] = round(time.perf_counter() - start, 2)
         return {"transform": str(out), **result, "params": params}
     pose = axes
