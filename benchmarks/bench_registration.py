@@ -152,6 +152,12 @@ def run(n_cases, seed, threads=1, out=None, verbose=True, methods=tuple(METHODS)
 def summarize(df):
     import pandas as pd
 
+    from deepbleed_bids.qc import registration_flag
+
+    if {"similarity", "overlap", "coverage"} <= set(df.columns):  # today's thresholds
+        df = df.assign(flagged=[
+            registration_flag(s, o, coverage=None if c != c else c) is not None
+            for s, o, c in zip(df.similarity, df.overlap, df.coverage)])
     out = []
     for method, d in df.groupby("method", sort=False):
         ok = d.error_mm <= 2.0
