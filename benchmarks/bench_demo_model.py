@@ -54,7 +54,7 @@ def main():
 
     from deepbleed_bids import synth
     from deepbleed_bids.assets import prepopulate_cache
-    from deepbleed_bids.bids import derivative_path
+    from deepbleed_bids.derivatives import derivative_path
     from deepbleed_bids.brain import extract_brain
     from deepbleed_bids.ct import clamp_hu
     from deepbleed_bids.evaluation import evaluate

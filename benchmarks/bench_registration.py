@@ -24,7 +24,6 @@ child process). On a shared machine compare the two methods within one run.
 """
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,22 +85,14 @@ def run(n_cases, seed, threads=1, out=None, verbose=True, methods=tuple(METHODS)
 
     from deepbleed_bids import synth
     from deepbleed_bids.brain import extract_brain
-    from deepbleed_bids.ct import clamp_hu
     from deepbleed_bids.qc import registration_flag
-    from deepbleed_bids.testing import convert_ge_head, shared_data_dir
+    from deepbleed_bids.testing import bench_head_and_template
     from deepbleed_bids.utils import write_tsv_atomic
 
-    data_dir = shared_data_dir()
-    if data_dir is None:
-        sys.exit("real data not found: set DEEPBLEED_TEST_DATA to the shared data folder")
-    template = nib.load(data_dir / "templates" / "deepbleed" / "scct_unsmooth_SS_0.01_128x128x128.nii.gz")
-    template = nib.Nifti1Image(np.asanyarray(template.dataobj), template.affine, template.header)
-    points = template_points(template)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-reg-") as tmp:
-        nii, _ = convert_ge_head(Path(tmp, "ge"), data_dir)
-        src = nib.load(nii)
-        head = nib.Nifti1Image(clamp_hu(np.asanyarray(src.dataobj)).astype(np.int16), src.affine, src.header)
+        head, template = bench_head_and_template(tmp)
+        points = template_points(template)
         brain = extract_brain(np.asanyarray(head.dataobj), head.affine)
         # The reference: the unmoved head on the cases' in-plane grid (0.9 mm, its own slices),
         # so that what is measured is the pose, not the in-plane resampling: the brain

@@ -53,7 +53,6 @@ def main():
                              "harder (reach 50 mm) for clinically relevant shifts")
     args = parser.parse_args()
 
-    import nibabel as nib
     import numpy as np
     import pandas as pd
     from scipy import ndimage as ndi
@@ -64,29 +63,17 @@ def main():
     from deepbleed_bids import midline as M
     from deepbleed_bids import synth
     from deepbleed_bids.brain import extract_brain
-    from deepbleed_bids.ct import clamp_hu, load_ct
-    from deepbleed_bids.nifti import like, voxel_volume_ml
+    from deepbleed_bids.nifti import like, voxel_sizes, voxel_volume_ml
     from deepbleed_bids.registration import register_rigid
-    from deepbleed_bids.testing import convert_ge_head, shared_data_dir
+    from deepbleed_bids.testing import StageTimes, bench_head_and_template
 
-    data_dir = shared_data_dir()
-    if data_dir is None:
-        sys.exit("shared test data not found: set DEEPBLEED_TEST_DATA")
     tmp = Path(tempfile.mkdtemp(prefix="deepbleed-bench-trial-"))
     out_dir = args.out or tmp
     out_dir.mkdir(parents=True, exist_ok=True)
-    times = {}
+    times = StageTimes()
+    timed = times.timed
 
-    def timed(name, func):
-        start = time.perf_counter()
-        result = func()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
-        return result
-
-    head, _ = convert_ge_head(tmp / "head", data_dir)
-    template = nib.load(str(data_dir / "templates/deepbleed/scct_unsmooth_SS_0.01_128x128x128.nii.gz"))
-    img = load_ct(head)
-    img = like(clamp_hu(np.asanyarray(img.dataobj)).astype(np.int16), img)
+    img, template = bench_head_and_template(tmp)
     hu0 = np.asanyarray(img.dataobj).astype(np.float32)
     brain = timed("brain extraction", lambda: extract_brain(hu0, img.affine))
     reg = timed("registration (once)", lambda: register_rigid(like(np.where(brain, hu0, 0), img, dtype=np.int16),
@@ -98,7 +85,7 @@ def main():
     names = A.atlas_labels()
     vent = labels == A.VENTRICLE_LABEL
     vml = voxel_volume_ml(img)
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    zooms = voxel_sizes(img.affine)
     plane0 = timed("mid-sagittal plane", lambda: M.skull_plane(hu0, img.affine, brain, M.plane_from_transform(xfm)))
     base = M.midline_shift(hu0, img.affine, brain, vent, plane=plane0)
     d0, p0, _ = M.midline_points(hu0, img.affine, brain, vent, plane0[0], plane0[1])

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from . import __packagename__, __url__, __version__
 from .errors import InputError
+from .template import SPACE as TEMPLATE_SPACE
 from .utils import write_json_atomic, write_text_atomic
 
+BIDS_VERSION = "1.10.0"  # of every dataset_description.json this project writes
 CT_SUFFIXES = ["ct", "CT"]
 NIFTI = [".nii", ".nii.gz"]
-TEMPLATE_SPACE = "DeepBleedCT"
 _QUERY_ENTITIES = {"subject", "session", "acquisition", "run", "reconstruction", "ceagent",
                    "task", "direction", "echo", "part", "chunk"}
 
@@ -92,17 +93,6 @@ def source_prefix(relpath):
     return re.sub(r"_[a-zA-Z0-9]+\.nii(\.gz)?$", "", name)
 
 
-def derivative_path(out_dir, relpath, suffix, desc=None, space=None, extension=".nii.gz", **extra):
-    """Derivative path next to the source entities, in the source's folder layout."""
-    parts = [source_prefix(relpath)]
-    parts += [f"{k}-{v}" for k, v in extra.items()]
-    if space:
-        parts.append(f"space-{space}")
-    if desc:
-        parts.append(f"desc-{desc}")
-    return Path(out_dir) / Path(relpath).parent / ("_".join(parts) + f"_{suffix}{extension}")
-
-
 def image_id(relpath):
     """A short identifier safe for nipype node names."""
     return re.sub(r"[^a-zA-Z0-9]", "_", source_prefix(relpath))
@@ -156,7 +146,7 @@ def dataset_description(config, previous=None):
     raw = Path(config.bids_dir).resolve().as_uri()
     return {
         "Name": "deepbleed-bids: intracerebral hemorrhage segmentation",
-        "BIDSVersion": "1.10.0",
+        "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": generated,
         "SourceDatasets": [{"URL": raw}],
@@ -296,7 +286,6 @@ def spatial_reference(config):
     from .assets import TEMPLATE
 
     sha = config["template_sha256"] if isinstance(config, dict) else config.template_sha256
-    path = config["template"] if isinstance(config, dict) else config.template
     if sha == TEMPLATE["sha256"]:
         return TEMPLATE["url"]
     return f"bids::templates/tpl-{TEMPLATE_SPACE}_desc-{sha[:12]}_ct.nii.gz"

@@ -7,7 +7,11 @@ scipy instead of FSL:
 1. Coarse grid (about 2 mm): bone is HU >= 200. The cranium is what the
    closed skull encloses in 2D sections along each of the three voxel axes;
    the skull base is open in 3D, but most sections of the vault are rings,
-   and a gap rarely opens the same spot in all three directions.
+   and a gap rarely opens the same spot in all three directions. The shell
+   that encloses is everything above the tissue window (>= 120 HU): in 5-7 mm
+   slices thin bone (planum, sella, orbital roofs) averages with brain to
+   120-200 HU, and a 200 HU shell then leaks from the cranium into the sinuses
+   and drops whole blocks of the temporal and frontal lobes.
 2. Soft tissue (0-100 HU) in the cranium is opened with a ball so thin bridges
    through foramina and orbits break; its largest component is the brain.
 3. Native grid: the boundary is redrawn from the 0-100 HU threshold near the
@@ -24,10 +28,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .nifti import bbox_bounds, largest_component, voxel_sizes, voxel_volume_ml
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
 TISSUE_HU = (0.0, 100.0)   # Muschelli et al. 2015 window; ICH is 40-100 HU
 BONE_HU = 200.0
+ENCLOSE_HU = 120.0         # shell that closes the cranium: above the 0-100 HU tissue window
 SMOOTH_MM = 0.75           # Gaussian sigma: tames sub-mm pixel noise, keeps edges
 COARSE_MM = 2.0            # grid of the topology steps
 BONE_CLOSE_MM = 5.0        # seals sutures, foramina and fissures narrower than ~10 mm
@@ -36,15 +42,9 @@ GROW_MM = 3.0              # room for the native threshold around the coarse bra
 NATIVE_CLOSE_MM = 1.0
 
 
-def voxel_sizes(affine):
-    """Voxel edge lengths in mm (column norms of the affine)."""
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-
-
 def brain_volume_ml(mask, affine):
     """Volume of a binary mask in millilitres."""
-    voxel_ml = abs(np.linalg.det(np.asarray(affine, float)[:3, :3])) / 1000.0
-    return float(np.count_nonzero(mask) * voxel_ml)
+    return float(np.count_nonzero(mask) * voxel_volume_ml(affine))
 
 
 def extract_brain_img(img):
@@ -81,13 +81,15 @@ def extract_brain(data, affine):
     pool = 2 * np.ceil((step - 1.1) / 2).clip(0).astype(int) + 1
     bone = ndi.maximum_filter((hu >= BONE_HU).view(np.uint8), size=pool)
     bone = _sample(bone.astype(np.float32), step, cshape) >= 0.5
+    shell = ndi.maximum_filter((hu >= ENCLOSE_HU).view(np.uint8), size=pool)
+    shell = _sample(shell.astype(np.float32), step, cshape) >= 0.5
     hu = ndi.gaussian_filter(hu, SMOOTH_MM / zooms, mode="nearest")
     coarse = _sample(hu, step, cshape)
 
-    closed = _erode(_dilate(bone, BONE_CLOSE_MM, czooms), BONE_CLOSE_MM, czooms) | bone
+    closed = _erode(_dilate(shell, BONE_CLOSE_MM, czooms), BONE_CLOSE_MM, czooms) | shell
     cranium = _fill_holes(closed, 0) | _fill_holes(closed, 1) | _fill_holes(closed, 2)
     tissue = (coarse >= TISSUE_HU[0]) & (coarse <= TISSUE_HU[1]) & cranium & ~bone
-    core = _largest_component(_erode(tissue, OPEN_MM, czooms))
+    core = largest_component(_erode(tissue, OPEN_MM, czooms), connectivity=1)
     if not core.any():
         raise InputError(
             "brain extraction found no brain (no soft tissue of 0-100 HU enclosed by skull). "
@@ -97,7 +99,8 @@ def extract_brain(data, affine):
     allowed = _dilate(brain, GROW_MM, czooms) & cranium
 
     # Native grid, cropped to the coarse brain's box for speed.
-    lo_c, hi_c = (np.array(b) for b in _bbox(allowed))
+    lo_c, hi_c = bbox_bounds(allowed)
+    hi_c = hi_c - 1  # inclusive
     margin = np.ceil(NATIVE_CLOSE_MM / zooms).astype(int) + 1
     lo = np.maximum(np.floor(lo_c * step).astype(int) - margin, 0)
     hi = np.minimum(np.ceil(hi_c * step).astype(int) + margin + 1, hu.shape)
@@ -105,7 +108,7 @@ def extract_brain(data, affine):
     near = _sample(allowed.astype(np.float32), 1 / step, tuple(hi - lo), lo / step) > 0.5
     # Upper bound on raw HU: smoothing would push blood next to bone above it.
     sub = near & (hu[box] >= TISSUE_HU[0]) & (data[box] <= TISSUE_HU[1])
-    sub = _largest_component(sub)
+    sub = largest_component(sub, connectivity=1)
     sub = _fill_holes(_close(sub, zooms))
     mask = np.zeros(hu.shape, bool)
     mask[box] = sub
@@ -140,15 +143,6 @@ def _close(mask, zooms):
     return closed[tuple(slice(s, n + s) for s, n in zip(steps, mask.shape))]
 
 
-def _largest_component(mask):
-    labels, n = ndi.label(mask)
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == np.argmax(sizes)
-
-
 def _fill_holes(mask, axis=None):
     """Fill holes in 3D, or in each 2D section across ``axis``.
 
@@ -170,13 +164,6 @@ def _fill_holes(mask, axis=None):
     keep[labels[border]] = False
     keep[0] = True  # label 0 is the mask itself
     return keep[labels]
-
-
-def _bbox(mask):
-    """Inclusive index bounds of the True voxels."""
-    where = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
-             for a in range(3)]
-    return [w[0] for w in where], [w[-1] for w in where]
 
 
 STRIPPED_BRAIN_ONLY = 0.9   # share of the foreground within 0-100 HU of a brain-only image
@@ -203,7 +190,7 @@ def mask_from_background(data, affine):
         enclosed = background & _fill_holes(~background, axial)
         hu = np.where(background, np.where(enclosed, PSEUDO_BONE_HU, PSEUDO_AIR_HU), data)
         return extract_brain(hu, affine)
-    mask = _fill_holes(_largest_component(~background))
+    mask = _fill_holes(largest_component(~background, connectivity=1))
     if not mask.any():
         raise InputError("the skull-stripped CT has no foreground: no brain to segment.")
     return mask

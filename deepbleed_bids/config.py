@@ -7,6 +7,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MASK_METHODS = ("probability", "deepbleed")
+# What decides the numbers in the outputs: recorded in every sidecar's "Parameters"
+PARAMETERS = ("brain_extraction", "skull_stripped", "mask_method", "threshold", "seed", "device",
+              "mixed_precision", "kernels")
+
+
+def parameters(config):
+    """:data:`PARAMETERS` of a :class:`Config` or of its dict (as nipype nodes receive it)."""
+    data = config if isinstance(config, dict) else asdict(config)
+    return {k: data[k] for k in PARAMETERS}
 
 
 @dataclass
@@ -68,10 +77,33 @@ class Config:
 
     def parameters(self):
         """What decides the numbers in the outputs (recorded in every sidecar)."""
-        keys = ("brain_extraction", "skull_stripped", "mask_method", "threshold", "seed", "device",
-                "precision", "kernels", "bids_filters", "tta")
-        return {k: getattr(self, k) for k in keys}
+        return parameters(self)
 
     @property
     def out(self):
         return Path(self.output_dir)
+
+
+@dataclass
+class TrainConfig:
+    """``deepbleed-bids train``: the data, preprocessing and run options (the network and
+    recipe are :class:`deepbleed_bids.training.loop.TrainParams`)."""
+    bids_dir: str
+    masks_dir: str
+    output_dir: str
+    name: str = "model"
+    work_dir: str = ""  # empty: OUTPUT_DIR/work
+    participant_label: list = field(default_factory=list)
+    bids_filter_file: str = ""
+    validation: list = field(default_factory=list)
+    val_fraction: float = 0.2
+    template: str = ""  # empty: the bundled DeepBleed template
+    brain_extraction: str = "native"
+    registration_seed: int = 1
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    verbose: int = 0
+    prepare_only: bool = False
+    stop_after: int = None
+    description: str = None
+    license_text: str = None

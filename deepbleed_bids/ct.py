@@ -3,6 +3,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import InputError
+from .nifti import voxel_sizes
 
 HU_MIN, HU_MAX = -1024, 3071
 MIN_SLICES = 8
@@ -32,7 +33,7 @@ def load_ct(path):
                          "head CT volume per file (split the series, e.g. one file per phase).")
     if len(shape) != 3:
         raise InputError(f"{path}: a {len(shape)}D image of shape {shape}; a 3D head CT volume is needed.")
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(img.affine)
     extent = np.array(shape) * zooms
     thin = int(np.argmin(extent))
     if min(shape) < MIN_SLICES or extent[thin] < MIN_EXTENT_MM:

@@ -6,34 +6,133 @@ replaces complete files with complete files.
 """
 import json
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import bids as B
+from .template import SPACE as TEMPLATE_SPACE
+from .config import parameters
 from .provenance import software_versions
 
 
+# ---------------------------------------------------------------- naming, both ways
+
+RAW_URI = "bids:raw:"  # BIDS URI of a file of the raw dataset (DatasetLinks "raw")
+HEMORRHAGE_MASK = "_desc-hemorrhage_mask"  # the output every CT image has: its sidecar holds the volumes
+SOURCE_FOLDERS = ("ct", "anat")  # native-space outputs sit in the source's datatype folder
+
+
+def raw_uri(relpath):
+    """``bids:raw:<relpath>``: how a sidecar names its source image."""
+    return f"{RAW_URI}{relpath}"
+
+
+def raw_source(meta):
+    """The raw dataset's relative path of the first ``bids:raw:`` entry of ``Sources``, or None."""
+    return next((s[len(RAW_URI):] for s in (meta or {}).get("Sources", []) if str(s).startswith(RAW_URI)),
+                None)
+
+
 def _sources(relpath):
-    return [f"bids:raw:{relpath}"]
+    return [raw_uri(relpath)]
+
+
+def derivative_path(out_dir, relpath, suffix, desc=None, space=None, extension=".nii.gz", **extra):
+    """Derivative path next to the source entities, in the source's folder layout."""
+    parts = [B.source_prefix(relpath)]
+    parts += [f"{k}-{v}" for k, v in extra.items()]
+    if space:
+        parts.append(f"space-{space}")
+    if desc:
+        parts.append(f"desc-{desc}")
+    return Path(out_dir) / Path(relpath).parent / ("_".join(parts) + f"_{suffix}{extension}")
 
 
 def plan_outputs(out_dir, relpath):
     """Where each derivative of one source image goes."""
-    sp = B.TEMPLATE_SPACE
+    sp = TEMPLATE_SPACE
     return {
-        "brain_mask": B.derivative_path(out_dir, relpath, "mask", desc="brain"),
-        "hemorrhage_mask": B.derivative_path(out_dir, relpath, "mask", desc="hemorrhage"),
-        "hemorrhage_probseg": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage"),
-        "hemorrhage_dseg": B.derivative_path(out_dir, relpath, "dseg", desc="hemorrhage"),
-        "edema_mask": B.derivative_path(out_dir, relpath, "mask", desc="edema"),
-        "atlas_dseg": B.derivative_path(out_dir, relpath, "dseg", desc="atlas"),
-        "preproc_template": B.derivative_path(out_dir, relpath, "ct", desc="preproc", space=sp),
-        "probseg_template": B.derivative_path(out_dir, relpath, "probseg", desc="hemorrhage", space=sp),
-        "transform": B.derivative_path(out_dir, relpath, "xfm", extension=".mat",
-                                       **{"from": "orig", "to": sp, "mode": "image"}),
+        "brain_mask": derivative_path(out_dir, relpath, "mask", desc="brain"),
+        "hemorrhage_mask": derivative_path(out_dir, relpath, "mask", desc="hemorrhage"),
+        "hemorrhage_probseg": derivative_path(out_dir, relpath, "probseg", desc="hemorrhage"),
+        "hemorrhage_dseg": derivative_path(out_dir, relpath, "dseg", desc="hemorrhage"),
+        "edema_mask": derivative_path(out_dir, relpath, "mask", desc="edema"),
+        "atlas_dseg": derivative_path(out_dir, relpath, "dseg", desc="atlas"),
+        "preproc_template": derivative_path(out_dir, relpath, "ct", desc="preproc", space=sp),
+        "probseg_template": derivative_path(out_dir, relpath, "probseg", desc="hemorrhage", space=sp),
+        "transform": derivative_path(out_dir, relpath, "xfm", extension=".mat",
+                                     **{"from": "orig", "to": sp, "mode": "image"}),
     }
+
+
+def entities(prefix):
+    """``sub-01_ses-1_run-2`` -> ``{"sub": "01", "ses": "1", "run": "2"}``."""
+    return dict(part.split("-", 1) for part in prefix.split("_") if "-" in part)
+
+
+@dataclass
+class Found:
+    """One CT image's outputs found in a derivatives folder (see :func:`find_outputs`)."""
+
+    folder: Path                # e.g. out/sub-01/ses-1/ct
+    prefix: str                 # the source entities, e.g. sub-01_ses-1_run-2
+    mask: Path = None           # the native hemorrhage mask, when present
+    sidecar: Path = None        # its JSON sidecar, when present
+    meta: dict = None           # the sidecar's content (read=True)
+    error: str = None           # why the sidecar could not be read
+    source: str = None          # relpath in the raw dataset (from Sources, else from the name)
+    paths: dict = field(default_factory=dict)  # plan_outputs of the source, those that exist
+
+    @property
+    def entities(self):
+        return entities(self.prefix)
+
+    @property
+    def path(self):
+        """The file that was found: the sidecar, else the mask."""
+        return self.sidecar if self.sidecar is not None else self.mask
+
+
+_FOUND = re.compile(r"^(?P<prefix>sub-[a-zA-Z0-9]+.*)" + HEMORRHAGE_MASK + r"\.(?P<ext>nii|nii\.gz|json)$")
+
+
+def find_outputs(out_dir, subject=None, read=True):
+    """The native-space hemorrhage outputs under ``out_dir`` (one :class:`Found` per CT image, in
+    file-name order): ``sub-X/[ses-Y/]<ct|anat>/<source entities>_desc-hemorrhage_mask.{nii[.gz],json}``;
+    outputs on a template grid (``space-``) are not native and are left out. ``subject`` limits the
+    search to one participant; ``read`` reads each sidecar (an unreadable one sets ``error``)."""
+    out_dir = Path(out_dir)
+    root = out_dir / ("sub-" + B.strip_label(subject, "sub-")) if subject else out_dir
+    pattern = "**/*" + HEMORRHAGE_MASK + ".*" if subject else "sub-*/**/*" + HEMORRHAGE_MASK + ".*"
+    found = {}
+    for path in root.glob(pattern):
+        match = _FOUND.match(path.name)
+        if not match or "_space-" in path.name or path.parent.name not in SOURCE_FOLDERS:
+            continue
+        rec = found.setdefault(path.parent / match.group("prefix"),
+                               Found(folder=path.parent, prefix=match.group("prefix")))
+        if match.group("ext") == "json":
+            rec.sidecar = path
+        elif rec.mask is None or match.group("ext") == "nii.gz":
+            rec.mask = path
+    out = []
+    for key in sorted(found, key=lambda k: k.parent / (k.name + HEMORRHAGE_MASK)):
+        rec = found[key]
+        if read and rec.sidecar is not None:
+            try:
+                rec.meta = json.loads(rec.sidecar.read_text())
+            except (OSError, ValueError) as err:
+                rec.error = str(err)
+        rec.source = raw_source(rec.meta) if isinstance(rec.meta, dict) else None
+        if rec.source is None:  # named like the source: its relpath, with the usual suffix
+            rec.source = str(rec.folder.relative_to(out_dir) / (rec.prefix + "_ct.nii.gz"))
+        rec.paths = {k: p for k, p in plan_outputs(out_dir, rec.source).items() if p.exists()}
+        out.append(rec)
+    return out
 
 
 def dseg_tsv():
@@ -109,11 +208,10 @@ def build_sidecars(config, source, results):
     model_info = {"Name": model.get("id"), "Format": model.get("format"),
                   "WeightsSHA256": model.get("sha256"), "Width": model.get("width"),
                   "PatchSize": model.get("patch_size"), "License": model.get("license")}
-    template = {"Name": B.TEMPLATE_SPACE, "Path": config["template"], "SHA256": config["template_sha256"]}
+    template = {"Name": TEMPLATE_SPACE, "Path": config["template"], "SHA256": config["template_sha256"]}
     versions = software_versions()
     provenance = {
-        "Parameters": {**{k: config[k] for k in ("brain_extraction", "mask_method", "threshold", "seed",
-                                                 "device", "mixed_precision", "kernels")},
+        "Parameters": {**parameters(config),
                        "Precision": (results.get("device_plan") or {}).get("precision", "fp32"),
                        "RequestedPrecision": config.get("precision", "fp32"),
                        "TTA": config.get("tta", "auto"),
@@ -185,7 +283,7 @@ def build_sidecars(config, source, results):
         "probseg_template": {"Sources": raw, **lesion, **template_ref,
                              "Description": "Hemorrhage probability (ICH + IVH): the network output",
                              **provenance},
-        "transform": {"Sources": raw, "FromSpace": "orig", "ToSpace": B.TEMPLATE_SPACE, "Type": "rigid",
+        "transform": {"Sources": raw, "FromSpace": "orig", "ToSpace": TEMPLATE_SPACE, "Type": "rigid",
                       "Software": "ANTs (antspyx)", "RegistrationSimilarity": results.get("similarity"),
                       **registration, **provenance},
     }

@@ -22,6 +22,8 @@ Pure numpy/scipy: no nipype.
 import numpy as np
 from scipy import ndimage as ndi
 
+from .nifti import bbox, voxel_sizes, voxel_volume_ml
+
 HU_RANGE = (5.0, 33.0)  # Volbers et al. 2018
 MAX_DISTANCE_MM = 10.0
 MIN_CONTRAST_HU = 4.0
@@ -31,17 +33,6 @@ CSF_BORDER_MM = 1.5
 PARENCHYMA_HU = (15.0, 60.0)  # what a mirror voxel must be to serve as the reference
 REFERENCE = ("Volbers B et al. Semi-automatic volumetric assessment of perihemorrhagic edema with "
              "computed tomography. Eur J Neurol 2018")
-
-
-def _zooms(affine):
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
-
-
-def _box(mask, pad):
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi)), lo
 
 
 def _mirror_values(smooth_full, affine, box_lo, shape, normal, offset):
@@ -63,11 +54,11 @@ def perihematomal_edema(hu, brain, clot, affine, ventricles=None, plane=None, hu
     optional (normal, offset) of the mid-sagittal plane (deepbleed_bids.midline.skull_plane).
     """
     affine = np.asarray(affine, float)
-    zooms = _zooms(affine)
+    zooms = voxel_sizes(affine)
     brain = np.asarray(brain, bool)
     clot = np.asarray(clot, bool) & brain
     edema = np.zeros(brain.shape, bool)
-    vml = float(np.prod(zooms)) / 1000
+    vml = voxel_volume_ml(affine)
     clot_ml = float(clot.sum() * vml)
     record = {"EdemaVolume": 0.0, "EdemaVolumeUnits": "mL", "RelativeEdema": None,
               "ClotVolume": round(clot_ml, 3),
@@ -79,7 +70,8 @@ def perihematomal_edema(hu, brain, clot, affine, ventricles=None, plane=None, hu
     if not clot.any():
         return edema, record
     pad = np.ceil((max_distance_mm + 4 * sigma_mm + 2) / zooms).astype(int)
-    box, lo = _box(clot, pad)
+    box = bbox(clot, pad)
+    lo = np.array([s.start for s in box])
     hu_f = np.asarray(hu, np.float32)
     c, b = clot[box], brain[box]
     # smoothing leaves the clot out (normalised convolution): blood must not brighten the rim

@@ -6,33 +6,23 @@ native space; masks on a template grid (``space-`` entity) are ignored. Scans ar
 matched by file name (the source entities), so ct/ and anat/ layouts mix freely.
 """
 import json
-import re
 from pathlib import Path
 
 from . import metrics as M
+from .derivatives import entities, find_outputs
 from .utils import clean_json, write_json_atomic, write_tsv_atomic
 from .errors import InputError
-
-MASK_GLOB = "sub-*/**/*_desc-hemorrhage_mask.nii*"
-_NAME = re.compile(r"^(?P<prefix>sub-[a-zA-Z0-9]+.*)_desc-hemorrhage_mask\.nii(\.gz)?$")
-
 
 def find_masks(folder):
     """``{source prefix: path}`` of the native-space hemorrhage masks under ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder of hemorrhage masks.")
-    out = {}
-    for path in sorted(folder.glob(MASK_GLOB)):
-        match = _NAME.match(path.name)
-        if not match or "_space-" in path.name or path.parent.name not in ("ct", "anat"):
-            continue
-        out[match.group("prefix")] = path
-    return out
+    return {found.prefix: found.mask for found in find_outputs(folder, read=False) if found.mask is not None}
 
 
 def _entities(prefix):
-    ents = dict(part.split("-", 1) for part in prefix.split("_") if "-" in part)
+    ents = entities(prefix)
     return "sub-" + ents["sub"], ("ses-" + ents["ses"]) if "ses" in ents else "n/a"
 
 
@@ -95,7 +85,7 @@ def add_participant_columns(df, path):
 
 def evaluate(pred_dir, ref_dir, out_dir, participants=None, group_by=()):
     """Write the evaluation (TSV, JSON, PNG) into ``out_dir``; returns the JSON content."""
-    from . import plots
+    from .reports import plots
 
     df, missing, errors = scan_table(pred_dir, ref_dir)
     df = add_participant_columns(df, participants_file(pred_dir, participants))

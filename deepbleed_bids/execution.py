@@ -80,19 +80,51 @@ def plugin_settings(config):
 WARM_MODULES = ("ants", "tensorflow", "keras", "deepbleed_bids.model.vnet")
 
 
-def warm_imports(modules=WARM_MODULES):
+def has_child_process():
+    """True when this process has a live child process (Linux /proc; None where it cannot tell)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            if Path("/proc/self/task", tid, "children").read_text().split():
+                return True
+        except OSError:
+            return None  # a kernel without the children file
+    return False
+
+
+def wait_for_child_process(timeout=30.0, poll=0.1):
+    """Wait until this process has a child process, at most ``timeout`` s; True when it has."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        found = has_child_process()
+        if found or found is None or time.monotonic() >= end:
+            return bool(found)
+        time.sleep(poll)
+
+
+def warm_imports(modules=WARM_MODULES, wait_for_child=False):
     """Import ``modules`` on a background thread; returns the thread.
 
     For in-process runs only (nipype's Linear plugin): the imports then overlap the
-    first steps (the registration waits seconds on its child process) instead of
-    delaying the steps that need them. Never before forking worker processes: a
-    child forked during an import would inherit a held import lock. A failed import
-    is left to the step that needs the module, which reports it.
+    registration's wait for its child process (ANTs, 10+ s) instead of delaying the
+    step that needs them. ``wait_for_child``: start importing only once that child
+    runs: imports hold the GIL, and during the registration's own start search (a
+    Python loop in this process) they tripled its time (measured: 3.3 s -> 11 s).
+    Never before forking worker processes: a child forked during an import would
+    inherit a held import lock. A failed import is left to the step that needs the
+    module, which reports it.
     """
     import importlib
     import threading
 
     def run():
+        if wait_for_child:
+            wait_for_child_process()
         for name in modules:
             try:
                 importlib.import_module(name)
@@ -108,15 +140,16 @@ def warm_imports_callback(start_with=("register", "segment"), modules=WARM_MODUL
     """A nipype ``status_callback`` (Linear plugin) that calls :func:`warm_imports` once,
     when the first node named in ``start_with`` starts.
 
-    Started with the registration, the imports run while this process waits for the
-    registration's child process, not while clamping and brain extraction hold the GIL.
-    The callback's ``threads`` list holds the thread once started.
+    Started with the registration, the imports wait for the registration's child
+    process and run while this process waits for it, not while clamping, brain
+    extraction or the registration's start search hold the GIL (a ``segment`` start
+    imports at once). The callback's ``threads`` list holds the thread once started.
     """
     threads = []
 
     def callback(node, status):
         if status == "start" and not threads and node.name in start_with:
-            threads.append(warm_imports(modules))
+            threads.append(warm_imports(modules, wait_for_child=node.name == "register"))
 
     callback.threads = threads
     return callback
@@ -231,3 +264,79 @@ def runtime_environment(work_dir=None, omp_nthreads=None):
         tempfile.tempdir = saved_tempdir
         cleanup()
         atexit.unregister(cleanup)
+
+
+# ---------------------------------------------------------------- running a workflow
+
+def workflow_name(relpath, kind="ct"):
+    """The nipype workflow of one image: ``ct_<id>_wf`` (participant runs), ``case_<id>_wf`` (training)."""
+    from .bids import image_id
+
+    return f"{kind}_{image_id(relpath)}_wf"
+
+
+def workflow_of(node_name, kind="ct"):
+    """The per-image workflow (``<kind>_<id>_wf``) in a nipype node's dotted name, or None."""
+    return next((p for p in str(node_name).split(".") if p.startswith(kind + "_") and p.endswith("_wf")),
+                None)
+
+
+def crashed_workflows(crash_dir, kind="ct"):
+    """Map per-image workflow name -> (last error line, crash file), from nipype's crash files."""
+    import re
+
+    out = {}
+    for crash in sorted(Path(crash_dir).glob("crash-*")):
+        text = crash.read_text(errors="replace")
+        node = re.search(r"Node: (\S+)", text)
+        name = node.group(1) if node else crash.name
+        wf = workflow_of(name, kind) or name
+        errors = [line.strip() for line in text.splitlines()
+                  if re.match(r"\s*[\w.]*(Error|Exception)\b.*:", line)]
+        reason = errors[-1] if errors else "see " + str(crash)
+        out.setdefault(wf, (re.sub(r"^[\w.]*\.(\w+(Error|Exception))", r"\1", reason), crash))
+    return out
+
+
+def configure_nipype(work_dir, verbose=0, poll=2.0, stop_on_first_crash=False):
+    """nipype's execution and logging settings for a run; returns (nipype config, a new crash folder
+    ``work_dir/crash/<time>``) so that this run's crash files are told apart from earlier runs'."""
+    from datetime import datetime
+
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    crash_dir = Path(work_dir) / "crash" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    ncfg.update_config({
+        "execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                      "poll_sleep_duration": poll,
+                      "stop_on_first_crash": bool(stop_on_first_crash), "remove_unnecessary_outputs": False,
+                      "hash_method": "content", "check_version": False, "create_report": False,
+                      "write_provenance": False},
+        "logging": {"workflow_level": "INFO" if verbose else "WARNING",
+                    "interface_level": "INFO" if verbose > 1 else "WARNING"},
+    })
+    nlogging.update_logging(ncfg)
+    return ncfg, crash_dir
+
+
+def run_workflow(wf, plugin, plugin_args, crash_dir, kind="ct", callbacks=()):
+    """Run ``wf``; a failing image does not stop the others. Returns :func:`crashed_workflows`.
+
+    nipype raises once at the end when nodes failed (Linear: the node's own error or a
+    RuntimeError, MultiProc: RuntimeError); each failure left a crash file, so the error is
+    swallowed when there is one, and raised when there is none."""
+    args = dict(plugin_args)
+    if callbacks:
+        def status(node, state):
+            for callback in callbacks:
+                callback(node, state)
+
+        args["status_callback"] = status
+    try:
+        wf.run(plugin=plugin, plugin_args=args)
+    except Exception:  # noqa: BLE001
+        if not any(Path(crash_dir).glob("crash-*")):
+            raise
+    return crashed_workflows(crash_dir, kind)

@@ -16,7 +16,6 @@ Post-treatment scans (for the MISTIE III surgical target): sessions named by
 ``sub-X/sub-X_sessions.tsv`` is true (1/true/yes/post). Their reference is the
 last scan before the first post-treatment scan.
 """
-import json
 import math
 import re
 from pathlib import Path
@@ -24,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .derivatives import HEMORRHAGE_MASK, find_outputs, raw_source
 from .errors import InputError
 from .utils import clean_json, write_json_atomic, write_tsv_atomic
 
-MASK_JSON = "*_desc-hemorrhage_mask.json"
+MASK_JSON = "*" + HEMORRHAGE_MASK + ".json"
 MISTIE_RESIDUAL_ML = 15.0  # MISTIE III surgical target: <= 15 mL end-of-treatment residual ...
 MISTIE_REDUCTION_PCT = 70.0  # ... or >= 70 % reduction
 _TRUE = {"1", "true", "yes", "y", "post", "t"}
@@ -105,16 +105,10 @@ LONGITUDINAL_COLUMNS = {
 # ---------------------------------------------------------------- reading
 
 
-def _entities(prefix):
-    return dict(part.split("-", 1) for part in prefix.split("_") if "-" in part)
-
-
-def _record(path, out_dir, thresholds):
+def _record(found, out_dir, thresholds):
     from . import qc as QC
 
-    meta = json.loads(Path(path).read_text())
-    prefix = Path(path).name[: -len("_desc-hemorrhage_mask.json")]
-    ents = _entities(prefix)
+    path, meta, prefix, ents = found.sidecar, found.meta, found.prefix, found.entities
     qcrec = meta.get("QC") or {}
     metrics = qcrec.get("Metrics") or {}
     if thresholds and metrics.get("BrainVolume") is not None:
@@ -123,7 +117,7 @@ def _record(path, out_dir, thresholds):
         flags = qcrec.get("Flags") or {}
     abc = metrics.get("ABC2") or {}
     unc = meta.get("Uncertainty") or {}
-    raw = next((s[len("bids:raw:"):] for s in meta.get("Sources", []) if s.startswith("bids:raw:")), "")
+    raw = raw_source(meta) or ""
     model = meta.get("Model") or {}
     return {
         "participant_id": "sub-" + ents.get("sub", ""),
@@ -174,13 +168,16 @@ def collect_outputs(out_dir, thresholds=None):
     """
     out_dir = Path(out_dir)
     rows, problems = [], []
-    for path in sorted(out_dir.glob("sub-*/**/" + MASK_JSON)):
-        if "_space-" in path.name or path.parent.name not in ("ct", "anat"):
+    for found in find_outputs(out_dir):
+        if found.sidecar is None:
             continue
         try:
-            rows.append(_record(path, out_dir, thresholds))
+            if found.error:
+                raise ValueError(found.error)
+            rows.append(_record(found, out_dir, thresholds))
         except (OSError, ValueError, TypeError, AttributeError) as err:
-            problems.append({"file": str(path.relative_to(out_dir)), "problem": f"unreadable sidecar: {err}"})
+            problems.append({"file": str(found.sidecar.relative_to(out_dir)),
+                             "problem": f"unreadable sidecar: {err}"})
     columns = [c for c in VOLUME_COLUMNS if c not in ("gcs", "age", "ich_score")] + ["report", "derivative"]
     return pd.DataFrame(rows, columns=columns), problems
 

@@ -161,8 +161,9 @@ def prepare_work_dir(work_dir, clean=False, log=emit):
 
 def _image_of(node):
     """The per-image workflow name (``ct_<id>_wf``) a nipype node belongs to."""
-    name = getattr(node, "fullname", "") or str(node)
-    return next((p for p in name.split(".") if p.startswith("ct_") and p.endswith("_wf")), None)
+    from .execution import workflow_of
+
+    return workflow_of(getattr(node, "fullname", "") or str(node))
 
 
 def _duration(seconds):
@@ -264,9 +265,9 @@ _PROGRESS = _NoProgress()
 def start_progress(images, stream=None, resources=None):
     """The progress tracker of this run (also keeps the bar below log lines)."""
     global _PROGRESS
-    from .bids import image_id
+    from .execution import workflow_name
 
-    names = [f"ct_{image_id(s['relpath'])}_wf" for s in images]
+    names = [workflow_name(s["relpath"]) for s in images]
     _PROGRESS = Progress(names, {n: s["relpath"] for n, s in zip(names, images)}, stream, resources)
     return _PROGRESS
 

@@ -14,6 +14,7 @@ predicted minus reference.
 import numpy as np
 
 from .errors import InputError
+from .nifti import voxel_volume_ml as voxel_ml
 
 FAILED_DICE = 0.5  # the paper counts a segmentation with Dice < 0.5 as failed
 WITHIN_ML = 5.0  # the paper's volume agreement band (mL)
@@ -36,11 +37,6 @@ def dice(a, b):
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def voxel_ml(affine):
-    """Volume of one voxel (mL) from a voxel-to-world affine (oblique grids included)."""
-    return abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
 
 
 def volume_ml(mask, affine):

@@ -54,6 +54,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
+from .nifti import bbox as _bbox
+from .nifti import largest_component, voxel_sizes
+from .nifti import voxel_volume_ml as voxel_ml
+
 BONE_HU = 200.0  # as deepbleed_bids.brain
 
 THRESHOLDS = {
@@ -94,14 +98,6 @@ HYPER = {
 }
 
 
-def voxel_sizes(affine):
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-
-
-def voxel_ml(affine):
-    return abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
-
-
 def axial_axis(affine):
     """The voxel axis closest to the world superior-inferior axis."""
     rzs = np.asarray(affine, float)[:3, :3]
@@ -119,34 +115,6 @@ def distance_mm(mask, zooms):
         return ndi.distance_transform_edt(mask, sampling=zooms)
     return edt.edt(mask, anisotropy=tuple(float(z) for z in zooms),
                    black_border=False, parallel=1)
-
-
-def bbox_bounds(mask):
-    """(lo, hi) voxel indices of the non-zero voxels, hi exclusive; from the axis
-    projections, not np.argwhere (which lists every voxel: seconds on a large mask)."""
-    mask = np.asarray(mask)
-    lo, hi = [], []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        lo.append(int(hit[0]))
-        hi.append(int(hit[-1]) + 1)
-    return np.array(lo), np.array(hi)
-
-
-def _bbox(mask, pad=0):
-    lo, hi = bbox_bounds(mask)
-    lo = np.maximum(lo - pad, 0)
-    hi = np.minimum(hi + pad, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
-def largest_component(mask):
-    lab, n = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return lab > 0
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == np.argmax(sizes)
 
 
 # ---------------------------------------------------------------- ABC/2
@@ -191,7 +159,7 @@ def abc2(mask, affine):
     if not mask.any():
         return empty
     box = _bbox(mask)
-    comp = largest_component(mask[box])
+    comp = largest_component(mask[box], connectivity=3)
     other = [a for a in range(3) if a != axis]
     areas = comp.sum(axis=tuple(other))
     k = int(np.argmax(areas))

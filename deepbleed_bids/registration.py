@@ -51,10 +51,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
-
-TEMPLATE_SHAPE = (128, 128, 128)
-TEMPLATE_ZOOMS = (1.5, 1.5, 1.5)
-TEMPLATE_ORIGIN = (-90.0, -125.0, -71.0)
+from .nifti import like, voxel_volume_ml
+from .template import ORIGIN as TEMPLATE_ORIGIN  # noqa: F401 (registration.TEMPLATE_ORIGIN)
+from .template import SHAPE as TEMPLATE_SHAPE  # noqa: F401
+from .template import ZOOMS as TEMPLATE_ZOOMS
+from .template import check_template_grid
 
 INTERPOLATORS = ("linear", "nearestNeighbor", "genericLabel")
 
@@ -89,7 +90,6 @@ SINGLE_START = {"metric": "mattes", "bins": MI_BINS, "sampling_rate": SAMPLING_R
                 "smoothing_mm": SMOOTHING_MM}
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_GRID_TOL = 1e-3                # mm and mm/voxel
 _SHEAR_TOL = 1e-3               # cosine between voxel axes (0.06 deg)
 
 
@@ -127,32 +127,6 @@ def check_affine(img, path=None):
             "image) or convert the DICOM series with `deepbleed-bids dicom2bids`.")
 
 
-def check_template_grid(img, path=None):
-    """InputError unless ``img`` is on the DeepBleed grid: 128^3, 1.5 mm, RAS, origin (-90,-125,-71)."""
-    where = _name(path, "template")
-    aff = _affine(img)
-    shape = tuple(int(n) for n in img.shape)
-    zooms = np.linalg.norm(aff[:3, :3], axis=0)
-    origin = aff[:3, 3]
-    found = []
-    if shape != TEMPLATE_SHAPE:
-        found.append(f"shape {shape}")
-    if not np.allclose(zooms, TEMPLATE_ZOOMS, atol=_GRID_TOL):
-        found.append(f"voxel size {_fmt(zooms)} mm")
-    if not np.allclose(aff[:3, :3], np.diag(zooms), atol=_GRID_TOL):
-        codes = "".join(nib.aff2axcodes(aff))
-        found.append(f"orientation {codes} with axes not aligned with RAS")
-    if not np.allclose(origin, TEMPLATE_ORIGIN, atol=1e-2):
-        found.append(f"origin {_fmt(origin, 3)} mm")
-    if found:
-        raise InputError(
-            f"{where}: not on the DeepBleed template grid: found " + ", ".join(found) +
-            f"; required shape {TEMPLATE_SHAPE}, voxel size 1.5 mm isotropic, RAS axes without "
-            f"rotation, origin {TEMPLATE_ORIGIN} mm. The published weights only work on that "
-            "grid: use the DeepBleed template (scct_unsmooth_SS_0.01_128x128x128.nii.gz) or an "
-            "image resampled onto its grid.")
-
-
 # ------------------------------------------------------------------ conversion
 
 
@@ -173,13 +147,9 @@ def _to_ants(data, affine):
 
 def _like(data, ref):
     """``data`` as a NIfTI image with exactly ``ref``'s affine, qform and sform."""
-    data = np.asarray(data)
-    hdr = ref.header.copy()
-    hdr.set_data_dtype(data.dtype)
-    hdr.set_slope_inter(None, None)
-    hdr["cal_min"] = hdr["cal_max"] = 0
-    # The affine equals the header's, so nibabel keeps qform/sform fields as they are.
-    return nib.Nifti1Image(data, _affine(ref), hdr)
+    img = like(data, ref)
+    img.header["cal_min"] = img.header["cal_max"] = 0  # the reference's display range is not ours
+    return img
 
 
 def _resample(image, fixed_affine, fixed_shape, transform, invert, interpolation):
@@ -468,7 +438,7 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True)
     brain = data != 0
     moving_affine = _affine(moving)
     zooms = np.linalg.norm(moving_affine[:3, :3], axis=0)
-    volume_ml = brain.sum() * np.prod(zooms) / 1000.0
+    volume_ml = brain.sum() * voxel_volume_ml(moving_affine)
     if volume_ml < 100:
         raise InputError(
             f"registration: the brain extraction kept only {volume_ml:.0f} mL (a head CT's brain is "

@@ -46,66 +46,25 @@ def check_dirs(config):
 
 
 def resolve_assets(config):
-    """Template and model: resolved once, before nipype runs, so failures are clear."""
-    import nibabel as nib
-
-    from . import assets
+    """Template and model: resolved once, before nipype runs, so failures are clear.
+    Returns the Config fields they fill: template, template_sha256, model_spec."""
     from .model.weights import sha256_file
     from .model.zoo import resolve_model
-    from .registration import check_template_grid
+    from .template import resolve_template
 
-    if config.template:
-        path = Path(config.template)
-        if not path.is_file():
-            raise InputError(f"--template {path}: no such file.")
-    else:
-        path = assets.fetch_template()
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"template {path} cannot be read as NIfTI: {err}") from err
-    check_template_grid(img, path)
-    config.template = str(Path(path).resolve())
-    config.template_sha256 = sha256_file(path)
-    config.model_spec = resolve_model(config.model).provenance()
-
-
-def _crashed_images(crash_dir):
-    """Map image workflow name -> last error line, from nipype's crash files."""
-    out = {}
-    for crash in sorted(Path(crash_dir).glob("crash-*")):
-        text = crash.read_text(errors="replace")
-        node = re.search(r"Node: (\S+)", text)
-        name = node.group(1) if node else crash.name
-        wf = next((part for part in name.split(".") if part.startswith("ct_") and part.endswith("_wf")), name)
-        errors = [line.strip() for line in text.splitlines()
-                  if re.match(r"\s*[\w.]*(Error|Exception)\b.*:", line)]
-        reason = errors[-1] if errors else "see " + str(crash)
-        out.setdefault(wf, (re.sub(r"^[\w.]*\.(\w+(Error|Exception))", r"\1", reason), crash))
-    return out
+    path = resolve_template(config.template)
+    return {"template": str(path.resolve()), "template_sha256": sha256_file(path),
+            "model_spec": resolve_model(config.model).provenance()}
 
 
 def _run_workflow(config, images):
-    from nipype import config as ncfg
-    from nipype import logging as nlogging
-
     from . import logs as L
-    from .execution import plugin_settings, poll_seconds, warm_imports_callback
+    from .execution import configure_nipype, plugin_settings, poll_seconds, run_workflow, warm_imports_callback
     from .workflows.base import init_deepbleed_wf
 
     plugin, args = plugin_settings(config)
-    crash_dir = Path(config.work_dir) / "crash" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    crash_dir.mkdir(parents=True, exist_ok=True)
-    ncfg.update_config({
-        "execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
-                      "poll_sleep_duration": poll_seconds(plugin),
-                      "stop_on_first_crash": bool(config.stop_on_first_crash), "remove_unnecessary_outputs": False,
-                      "hash_method": "content", "check_version": False, "create_report": False,
-                      "write_provenance": False},
-        "logging": {"workflow_level": "INFO" if config.verbose else "WARNING",
-                    "interface_level": "INFO" if config.verbose > 1 else "WARNING"},
-    })
-    nlogging.update_logging(ncfg)
+    ncfg, crash_dir = configure_nipype(config.work_dir, config.verbose, poll_seconds(plugin),
+                                       config.stop_on_first_crash)
     wf = init_deepbleed_wf(config, images)
 
     progress = L.attach(config, wf, images, ncfg)  # progress lines, graph, resource monitor
@@ -113,20 +72,10 @@ def _run_workflow(config, images):
     if plugin == "Linear":  # nodes run in this process: import what they need while it waits
         callbacks.append(warm_imports_callback())
 
-    def status(node, state):
-        for callback in callbacks:
-            callback(node, state)
-
     try:
-        wf.run(plugin=plugin, plugin_args={**args, "status_callback": status})
-    except Exception:  # noqa: BLE001
-        # nipype raises once at the end when nodes failed (Linear: the node's own error,
-        # MultiProc: RuntimeError); each failure left a crash file
-        if not any(crash_dir.glob("crash-*")):
-            raise
+        return run_workflow(wf, plugin, args, crash_dir, callbacks=callbacks)
     finally:
         L.detach(config, progress)
-    return _crashed_images(crash_dir)
 
 
 def _keep_crash_logs(config, crashes):
@@ -178,7 +127,8 @@ def _run_participant(config):
             record_outcomes(config.output_dir, [], failures)
             write_reports(config, [], failures, skipped)
         raise InputError("no usable CT image: " + "; ".join(r for _, r in failures))
-    resolve_assets(config)
+    for key, value in resolve_assets(config).items():
+        setattr(config, key, value)
     log(f"{len(images)} CT image(s); model {config.model_spec['id']} "
         f"(sha256 {config.model_spec['sha256'][:12]}...), template {config.template}")
     notice = config.model_spec.get("notice")
@@ -203,10 +153,11 @@ def _run_participant(config):
             shutil.rmtree(tmp_work, ignore_errors=True)
 
     from .derivatives import plan_outputs, sidecar_path
+    from .execution import workflow_name
 
     ok = []
     for source in images:
-        wf_name = f"ct_{B.image_id(source['relpath'])}_wf"
+        wf_name = workflow_name(source["relpath"])
         target = sidecar_path(plan_outputs(config.output_dir, source["relpath"])["hemorrhage_mask"])
         if wf_name in crashes:
             failures.append((source["relpath"], user_reason(crashes[wf_name][0], config.work_dir)))

@@ -30,6 +30,8 @@ import nibabel as nib
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
+from .nifti import bbox, like, voxel_sizes, voxel_volume_ml
+
 LOCATIONS = ("deep", "lobar", "superficial", "ventricle")
 # Mix for location="random": deep (basal ganglia/thalamus) is the commonest ICH.
 LOCATION_P = {"deep": 0.35, "lobar": 0.30, "superficial": 0.15, "ventricle": 0.20}
@@ -48,10 +50,6 @@ _COARSE_MM = 2.0  # resolution of the placement maps
 
 def _rng(rng):
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
-def _voxel_ml(affine):
-    return abs(np.linalg.det(np.asarray(affine, float)[:3, :3])) / 1000.0
 
 
 def _to_world(affine, ijk):
@@ -124,7 +122,7 @@ class _Shape:
 
 
 def _coarse_grid(shape, affine):
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    zooms = voxel_sizes(affine)
     step = np.maximum(1, np.round(_COARSE_MM / zooms)).astype(int)
     start = step // 2
     caff = affine @ np.vstack([np.column_stack([np.diag(step), start]), [0, 0, 0, 1]])
@@ -157,7 +155,7 @@ class _Maps:
         # keeps the ventricles and drops hypodense white matter.
         csf = self.brain & (hu >= VENTRICLE_HU[0]) & (hu <= 10.0) & (self.depth >= 15)
         lab, _ = ndi.label(csf)
-        sizes = np.bincount(lab.ravel()) * np.prod(self.zooms) / 1000.0
+        sizes = np.bincount(lab.ravel()) * voxel_volume_ml(self.affine)
         keep = np.flatnonzero(sizes >= 0.5)
         self.vent = np.isin(lab, keep[keep > 0])
         if self.vent.any():
@@ -225,7 +223,7 @@ def _pick_location(location, rng, have_image):
 
 def _ventricles_in_box(image, affine, maps, box):
     """Full-resolution ventricles in a box: smoothed HU in 0-15 next to the coarse ventricles."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    zooms = voxel_sizes(affine)
     sigma = 0.8 / zooms
     # Smooth a padded box so the result never depends on the box size.
     pad = np.ceil(4 * sigma).astype(int) + 1
@@ -332,7 +330,7 @@ def _grow(brain, affine, volume_ml, location, center, shape_seed, image, maps):
                 cache[key] = _ventricles_in_box(image, affine, maps, box)
             return cache[key]
 
-    n_target = max(1, int(round(volume_ml / _voxel_ml(affine))))
+    n_target = max(1, int(round(volume_ml / voxel_volume_ml(affine))))
     # Box for the shape scaled to the volume, with room for clipping by the brain.
     t_guess = 1.3 * (volume_ml * 1000 / shape.volume) ** (1 / 3)
     half = t_guess * shape.radius * (1.0 if vent is None else 1.0 / _VENT_COST)
@@ -349,14 +347,14 @@ def _grow(brain, affine, volume_ml, location, center, shape_seed, image, maps):
     mask[box] = comp
     info = {
         "requested_ml": float(volume_ml),
-        "volume_ml": float(comp.sum() * _voxel_ml(affine)),
+        "volume_ml": float(comp.sum() * voxel_volume_ml(affine)),
         "center_mm": [float(x) for x in center],
         "location": location,
         "shape_seed": int(shape_seed),
         "level": float(t),
     }
     if vent is not None:
-        info["ventricle_ml"] = float((comp & vent(box)).sum() * _voxel_ml(affine))
+        info["ventricle_ml"] = float((comp & vent(box)).sum() * voxel_volume_ml(affine))
     return mask, info
 
 
@@ -423,21 +421,14 @@ def _smooth_noise(shape, zooms, sigma_mm, rng):
     return n / max(float(n.std()), 1e-6)
 
 
-def _bbox(mask, pad):
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
-
-
 def _paint(data, brain, mask, affine, rng, hu_range=(40, 90), mean_hu=None,
            texture_sd=6.0, edema_mm=0.0, edema_hu=20.0):
     """Write a textured hematoma (and optional edema rim) into data (float32) in place."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    zooms = voxel_sizes(affine)
     if mean_hu is None:
         mean_hu = rng.uniform(55, 80)
     pad = np.ceil((max(edema_mm, 0.0) * 1.5 + 3.0) / zooms).astype(int)
-    box = _bbox(mask, pad)
+    box = bbox(mask, pad)
     m, b, orig = mask[box], brain[box], data[box]
     # Texture: fine grain (~scanner noise) + clot heterogeneity over a few mm.
     tex = (0.55 * _smooth_noise(m.shape, zooms, 0.5, rng)
@@ -477,7 +468,9 @@ def _like(img, data):
     if np.issubdtype(dtype, np.integer):
         lim = np.iinfo(dtype)
         data = np.clip(np.rint(data), lim.min, lim.max).astype(dtype)
-    return nib.Nifti1Image(data, img.affine, img.header.copy())
+    out = like(data, img)
+    out.set_data_dtype(img.get_data_dtype())  # written as the source was
+    return out
 
 
 def insert_hematoma(img, brain_mask, volume_ml, rng=None, location="random", center_mm=None,
@@ -577,7 +570,7 @@ def random_case(img, brain_mask, rng, volume_range_ml=(1.0, 150.0), p_empty=0.1,
         out = random_pose(out, rng)
     info = {
         "lesions": lesions,
-        "volume_ml": float(truth.sum() * _voxel_ml(img.affine)),
+        "volume_ml": float(truth.sum() * voxel_volume_ml(img.affine)),
         "noise_sd_hu": float(noise),
         "offset_hu": float(offset),
         "pose": (out.affine @ np.linalg.inv(img.affine)).tolist(),
@@ -587,7 +580,7 @@ def random_case(img, brain_mask, rng, volume_range_ml=(1.0, 150.0), p_empty=0.1,
 
 # ---------------------------------------------------------------- intraventricular extension
 
-VENTRICULAR_KINDS = ("extension", "cast")
+VENTRICULAR_KINDS = ("extension", "cast", "pure", "mass_effect")
 
 
 def ventricle_truth(image, brain_mask, affine, mask, maps=None):
@@ -602,7 +595,7 @@ def ventricle_truth(image, brain_mask, affine, mask, maps=None):
         maps = _Maps(brain, np.asarray(affine, float), np.asarray(image, np.float32))
     if maps.vent is None or not maps.vent.any():
         return out
-    box = _bbox(mask, 2)
+    box = bbox(mask, 2)
     out[box] = mask[box] & _ventricles_in_box(np.asarray(image, np.float32), np.asarray(affine, float),
                                               maps, box)
     return out
@@ -614,9 +607,14 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
 
     kind "extension": a parenchymal clot centred next to a ventricle that breaks into it
     (the generator's "ventricle" location: blood spreads 1.7x farther inside the
-    ventricles); "cast": centred inside a ventricle (mostly intraventricular blood).
+    ventricles); "cast": centred inside a ventricle (mostly intraventricular blood);
+    "pure": confined to the ventricles (primary IVH, no parenchymal part); "mass_effect":
+    a deep (basal ganglia/thalamus) clot beside the ventricles that first pushes the brain
+    (:func:`mass_effect`: the ventricle is displaced) and grows around the pushed ventricles,
+    never into them (its IVH is 0: the case a split must not call intraventricular).
     Returns (new image, truth mask, truth IVH mask, info) with info["intraventricular_ml"]
-    and info["parenchymal_ml"] measured on the image's grid.
+    and info["parenchymal_ml"] measured on the image's grid (for "mass_effect" the truth
+    is taken on the pushed anatomy; info["max_shift_mm"] is the push).
     """
     if kind not in VENTRICULAR_KINDS:
         raise ValueError(f"kind must be one of {VENTRICULAR_KINDS}, not {kind!r}")
@@ -627,7 +625,31 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
     maps = _Maps(brain, affine, data)
     if maps.vent is None or not maps.vent.any():
         raise ValueError("no ventricles found in this image: cannot place an intraventricular hematoma")
-    if kind == "cast":
+    if kind == "mass_effect":
+        original = brain
+        for _ in range(5):  # a centre that the push leaves outside the ventricles
+            centre = _place(maps, original, affine, "deep", _radius(volume_ml), rng)
+            pushed, brain, effect = mass_effect(img, original, centre, volume_ml)
+            data = _as_float(pushed)
+            pushed_maps = _Maps(brain, affine, data)
+            # near but not in: the clot grows around the pushed ventricles, not into them
+            room = brain & ~ndi.binary_dilation(ventricle_truth(data, brain, affine, brain, pushed_maps))
+            vox = tuple(np.rint(_to_voxel(affine, centre)).astype(int))
+            if all(0 <= v < n for v, n in zip(vox, room.shape)) and room[vox]:
+                break
+        else:
+            raise ValueError("could not place a deep clot outside the pushed ventricles")
+        maps = pushed_maps
+        mask, info = _grow(room, affine, volume_ml, "deep", np.asarray(centre, float),
+                           int(rng.integers(2**31)), data, maps)
+        ivh = ventricle_truth(data, brain, affine, mask, maps)
+        info["max_shift_mm"] = effect["max_shift_mm"]
+        return _finish_ventricular(img, data, brain, affine, mask, ivh, info, kind, rng, hu_range, mean_hu,
+                                   texture_sd)
+    grow_in = brain
+    if kind == "pure":  # grown inside the ventricles only: the whole clot is intraventricular
+        grow_in = ventricle_truth(data, brain, affine, brain, maps)
+    if kind in ("cast", "pure"):
         cand = np.argwhere(maps.vent & (maps.depth >= 15))
         if len(cand) == 0:
             cand = np.argwhere(maps.vent)
@@ -635,19 +657,24 @@ def insert_ventricular_hematoma(img, brain_mask, volume_ml, rng=None, kind="exte
         for _ in range(50):
             xyz = _to_world(maps.affine, cand[rng.integers(len(cand))])
             vox = np.rint(_to_voxel(affine, xyz)).astype(int)
-            if np.all(vox >= 0) and np.all(vox < brain.shape) and brain[tuple(vox)]:
+            if np.all(vox >= 0) and np.all(vox < brain.shape) and grow_in[tuple(vox)]:
                 center = xyz
                 break
         if center is None:
             raise ValueError("could not place an intraventricular hematoma")
     else:
         center = _place(maps, brain, affine, "ventricle", _radius(volume_ml), rng)
-    mask, info = _grow(brain, affine, volume_ml, "ventricle", np.asarray(center, float),
+    mask, info = _grow(grow_in, affine, volume_ml, "ventricle", np.asarray(center, float),
                        int(rng.integers(2**31)), data, maps)
     ivh = ventricle_truth(data, brain, affine, mask, maps)
+    return _finish_ventricular(img, data, brain, affine, mask, ivh, info, kind, rng, hu_range, mean_hu,
+                               texture_sd)
+
+
+def _finish_ventricular(img, data, brain, affine, mask, ivh, info, kind, rng, hu_range, mean_hu, texture_sd):
     info["kind"] = kind
     info["mean_hu"] = _paint(data, brain, mask, affine, rng, hu_range, mean_hu, texture_sd)
-    vml = _voxel_ml(affine)
+    vml = voxel_volume_ml(affine)
     info["intraventricular_ml"] = float(ivh.sum() * vml)
     info["parenchymal_ml"] = float((mask & ~ivh).sum() * vml)
     return _like(img, data), mask, ivh, info
@@ -684,7 +711,7 @@ def mass_effect(img, brain_mask, centre_mm, volume_ml, reach_mm=35.0):
     data = _as_float(img)
     brain = np.asarray(brain_mask, bool)
     affine = np.asarray(img.affine, float)
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(affine)
     radius = _radius(volume_ml)
     centre = np.asarray(centre_mm, float)
     half = radius + 2.5 * reach_mm
@@ -722,11 +749,14 @@ def mass_effect(img, brain_mask, centre_mm, volume_ml, reach_mm=35.0):
 
 
 def reslice(img, motion=None, slice_mm=None, inplane_mm=0.9, tilt_deg=0.0, keep=(0.0, 1.0),
-            pad_hu=-1024.0, order=1):
+            pad_hu=-1024.0, order=1, slab=True):
     """The head re-acquired on a new grid: moved by ``motion`` (RAS 4x4, world), axial
     slices ``slice_mm`` thick (averaged over the slab; None keeps the source spacing),
     the slice plane tilted by ``tilt_deg`` about the left-right axis, and only the
     fraction ``keep`` = (bottom, top) of the head's cranio-caudal extent covered.
+    ``slab=False`` samples each slice at its centre instead of averaging its thickness:
+    the same head merely moved and resampled (with ``order`` 3, little blur), rather
+    than re-acquired with thicker slices.
 
     Returns (image, motion): world point x of the source is world point motion @ x of the
     new image; the new grid's axes are orthogonal (a tilt-corrected stack).
@@ -734,7 +764,7 @@ def reslice(img, motion=None, slice_mm=None, inplane_mm=0.9, tilt_deg=0.0, keep=
     motion = np.eye(4) if motion is None else np.asarray(motion, float)
     src_aff = np.asarray(img.affine, float)
     data = _as_float(img)
-    zooms = np.sqrt((src_aff[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(src_aff)
     slice_mm = float(slice_mm or zooms[2])
     # head extent (above air) in the moved world, in the tilted frame
     head = data > -300
@@ -751,7 +781,7 @@ def reslice(img, motion=None, slice_mm=None, inplane_mm=0.9, tilt_deg=0.0, keep=
     new_aff[:3, 3] = frame @ lo
     # new voxel -> source voxel
     to_src = np.linalg.inv(src_aff) @ np.linalg.inv(motion) @ new_aff
-    n_sub = max(1, int(np.ceil(slice_mm / max(zooms.min(), 1.0))))
+    n_sub = max(1, int(np.ceil(slice_mm / max(zooms.min(), 1.0)))) if slab else 1
     out = np.zeros(tuple(shape), np.float32)
     for k in range(n_sub):  # slab average: a thick slice integrates its thickness
         offset = np.array([0, 0, (k + 0.5) / n_sub - 0.5, 1.0])
@@ -791,7 +821,7 @@ def registration_case(img, brain_mask, rng, max_rotation_deg=35.0, max_shift_mm=
         centre = _place(maps, brain, affine, location, _radius(vol), rng)
         work, brain, effect = mass_effect(work, brain, centre, vol)
         work, truth, lesion = insert_hematoma(work, brain, vol, rng, location, center_mm=centre)
-        info.update(hematoma_ml=float(truth.sum() * _voxel_ml(affine)), location=location,
+        info.update(hematoma_ml=float(truth.sum() * voxel_volume_ml(affine)), location=location,
                     mass_effect_mm=effect["max_shift_mm"])
     centre = _to_world(affine, np.array(np.nonzero(brain[::4, ::4, ::2]), float).mean(axis=1)
                        * np.array([4, 4, 2]))
@@ -847,8 +877,8 @@ def insert_hematoma_with_edema(img, brain_mask, volume_ml, rng=None, location="r
     _paint(plain, brain, mask, affine, twin, hu_range, mean_hu, texture_sd, 0.0, edema_hu)
     edema = np.zeros(mask.shape, bool)
     if edema_mm > 0 and mask.any():
-        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-        box = _bbox(mask, np.ceil((edema_mm * 1.5 + 3.0) / zooms).astype(int))
+        zooms = voxel_sizes(affine)
+        box = bbox(mask, np.ceil((edema_mm * 1.5 + 3.0) / zooms).astype(int))
         orig = data[box]
         tissue = ((orig > 10) & (orig < 55)).astype(np.float32)
         local = ndi.gaussian_filter(orig * tissue, 1.5 / zooms) / np.maximum(
@@ -857,7 +887,7 @@ def insert_hematoma_with_edema(img, brain_mask, volume_ml, rng=None, location="r
         drop = plain[box] - with_rim[box]
         edema[box] = ~mask[box] & brain[box] & (full >= 2.0) & (drop >= 0.5 * full)
     info.update(mean_hu=mean_hu, edema_mm=float(edema_mm), edema_hu=float(edema_hu),
-                edema_ml=float(edema.sum() * _voxel_ml(affine)))
+                edema_ml=float(edema.sum() * voxel_volume_ml(affine)))
     return _like(img, with_rim), mask, edema, info
 
 

@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 
 from . import synth
-from .bids import derivative_path
+from .bids import BIDS_VERSION
+from .derivatives import derivative_path
 from .utils import write_json_atomic, write_tsv_atomic
 from .errors import InputError
 from .nifti import like, save_atomic
@@ -62,7 +63,7 @@ def _row(subject, info):
 
 
 def _description(name, kind):
-    desc = {"Name": name, "BIDSVersion": "1.10.0", "DatasetType": kind}
+    desc = {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": kind}
     if kind == "derivative":
         desc["GeneratedBy"] = [{"Name": "deepbleed-bids synthesize"}]
     return desc

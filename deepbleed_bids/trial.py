@@ -17,10 +17,7 @@ from . import location as L
 from . import midline as M
 from .atlas import SOURCE as ATLAS_SOURCE
 from .atlas import VENTRICLE_LABEL
-
-
-def _voxel_ml(affine):
-    return abs(np.linalg.det(np.asarray(affine, float)[:3, :3])) / 1000
+from .nifti import voxel_volume_ml
 
 
 def trial_measures(hu, affine, brain, hemorrhage, labels, names, ivh=None, transform=None, clinical=None,
@@ -30,7 +27,7 @@ def trial_measures(hu, affine, brain, hemorrhage, labels, names, ivh=None, trans
     brain = np.asarray(brain, bool)
     hem = np.asarray(hemorrhage, bool)
     labels = np.asarray(labels)
-    vml = _voxel_ml(affine)
+    vml = voxel_volume_ml(affine)
     volume_ml = round(float(np.count_nonzero(hem) * vml), 3)  # the reported HemorrhageVolume
     problems = []
     location = L.hemorrhage_location(hem, labels, brain, vml, names, ivh)

@@ -20,6 +20,21 @@ def _file_mode():
 
 
 @contextmanager
+def ants_seed(seed):
+    """Seed ANTs registrations run inside the block. antspyx ignores a ``random_seed``
+    argument; antsRegistration reads ANTS_RANDOM_SEED on every call."""
+    previous = os.environ.get("ANTS_RANDOM_SEED")
+    os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("ANTS_RANDOM_SEED", None)
+        else:
+            os.environ["ANTS_RANDOM_SEED"] = previous
+
+
+@contextmanager
 def atomic_path(path, clobber=True):
     """Yield a temporary path beside ``path``; on success it becomes ``path`` at once.
 

@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 
 from deepbleed_bids.brain import brain_volume_ml, extract_brain
 from deepbleed_bids.errors import DeepBleedError, InputError
+from deepbleed_bids.nifti import like
 
 SKULL_HU = 300
 # World (scanner mm) centres of the globes of this head; the globe radius is ~12 mm.
@@ -347,29 +348,42 @@ def test_non_ct_is_refused_even_when_said_skull_stripped(head_and_brain):
 
 @pytest.fixture(scope="module")
 def thick_ratios(head_and_brain):
-    """Brain volume of the real head re-sliced to 5 and 7 mm, relative to the 2.6 mm original."""
+    """Brain volume of the real head re-sliced to 5 and 7 mm axial slices, relative to the
+    2.6 mm original; also the original mask re-sliced the same way (slab average >= 50 %),
+    which shows the re-slicing itself keeps the volume, so the comparison is fair."""
     from deepbleed_bids import synth
 
     img, brain = head_and_brain
+    data = np.asanyarray(img.dataobj)
+    # the mask as an image on the same re-slice grid (reslice sizes its grid on the head > -300 HU)
+    marked = like(np.where(brain, 2000, np.where(data > -300, 0, -1024)).astype(np.int16), img)
+    volume = brain_volume_ml(brain, img.affine)
     out = {}
     for slice_mm in (5.0, 7.0):
         thick, _ = synth.reslice(img, slice_mm=slice_mm)
         assert thick.shape[2] >= 20 and thick.header.get_zooms()[2] == pytest.approx(slice_mm)
+        reference, _ = synth.reslice(marked, slice_mm=slice_mm)
+        assert reference.shape == thick.shape and np.allclose(reference.affine, thick.affine)
+        reference = np.asanyarray(reference.dataobj) > 1000
         mask = extract_brain(np.asanyarray(thick.dataobj), thick.affine)
-        out[slice_mm] = brain_volume_ml(mask, thick.affine) / brain_volume_ml(brain, img.affine)
+        out[slice_mm] = dict(mask=brain_volume_ml(mask, thick.affine) / volume,
+                             reference=brain_volume_ml(reference, thick.affine) / volume,
+                             dice=_dice(mask, reference),
+                             bone=np.mean(np.asanyarray(thick.dataobj)[mask] >= 200))
     print("thick slices, brain volume / original:", out)
     return out
 
 
-def test_thick_slices_run_and_keep_most_of_the_brain(thick_ratios):
-    # regression guard; measured 0.943 (5 mm) and 0.900 (7 mm)
-    assert all(0.88 <= r <= 1.05 for r in thick_ratios.values())
-
-
-@pytest.mark.xfail(strict=True, reason="issue 10 target not met yet: 0.943 at 5 mm, 0.900 at 7 mm "
-                                       "(brain lost at the skull base in thick slices)")
 def test_thick_slices_keep_brain_volume_within_5_percent(thick_ratios):
-    assert all(abs(r - 1.0) <= 0.05 for r in thick_ratios.values())
+    # Issue 10: 5 and 7 mm within 5 % of the 2.6 mm original. Measured 0.980 (5 mm) and
+    # 0.969 (7 mm); 0.943 and 0.900 before thin bone partial-volumed below 200 HU stopped
+    # opening the skull base.
+    for r in thick_ratios.values():
+        assert abs(r["reference"] - 1.0) <= 0.01  # re-slicing alone keeps the volume
+        assert abs(r["mask"] - 1.0) <= 0.05
+        assert r["dice"] >= 0.97  # the same brain, not just the same volume (measured 0.982-0.986)
+        # the lower shell threshold lets no skull base, petrous bone or streak into the mask
+        assert r["bone"] < 1e-3
 
 
 def test_skull_stripped_flag_reaches_the_config(tmp_path):

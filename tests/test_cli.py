@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from deepbleed_bids import __version__
-from deepbleed_bids.bids import collect_ct, derivative_path, load_filters
+from deepbleed_bids.bids import collect_ct, load_filters
+from deepbleed_bids.derivatives import derivative_path
 from deepbleed_bids.cli.run import main
 from deepbleed_bids.config import Config
 from deepbleed_bids.errors import InputError

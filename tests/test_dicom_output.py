@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from deepbleed_bids import synth
-from deepbleed_bids.derivatives import plan_outputs
+from deepbleed_bids.derivatives import dseg_tsv, plan_outputs
 from deepbleed_bids.dicom import convert_session
 from deepbleed_bids.dicom import seg as S
 from deepbleed_bids.dicom.results import BIDSIGNORE, dicom_paths, record, wanted, write_dicom
@@ -73,7 +73,7 @@ def _derivatives(bids, out_dir, relpath, hemorrhage, brain, qc=None, parts=None)
     if parts is not None:  # an ICH/IVH dseg as another step writes it
         dseg = Path(str(planned["hemorrhage_mask"]).replace("_desc-hemorrhage_mask", "_desc-hemorrhage_dseg"))
         nib.Nifti1Image(parts.astype(np.uint8), img.affine).to_filename(dseg)
-        Path(str(dseg).replace(".nii.gz", ".tsv")).write_text("index\tname\n1\tICH\n2\tIVH\n")
+        Path(str(dseg).replace(".nii.gz", ".tsv")).write_text(dseg_tsv())  # the pipeline's own table
         out_files.append(str(dseg))
     return planned, meta, out_files
 
@@ -106,6 +106,7 @@ def ge_outputs(bids, tmp_path_factory):
     planned2, _, _ = _derivatives(bids, deid_dir, GE_REL, hem, brain, qc)
     write_dicom(_config(bids, deid_dir, dicom_deidentify=True), {"relpath": GE_REL}, planned2)
     return {"out": out_dir, "planned": planned, "meta": meta, "entry": entry, "img": img, "hem": hem,
+            "brain": brain, "hu": hu,
             "parts": parts, "paths": dicom_paths(out_dir, GE_REL), "deid": dicom_paths(deid_dir, GE_REL)}
 
 
@@ -161,13 +162,49 @@ def test_seg_volumes_match_the_sidecar(ge_outputs, bids):
     seg = hd.seg.segread(ge_outputs["paths"]["seg"])
     vol = S.segment_volumes(seg, S.read_series(find_source(bids, GE_REL)))
     meta = ge_outputs["meta"]
-    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.02)
-    assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.02)
+    # issue 16 asks for 2 %; the slabs tile the series, so the read-back is exact to rounding
+    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.005)
+    assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.005)
     vox = abs(np.linalg.det(ge_outputs["img"].affine[:3, :3])) / 1000
     for label, value in (("Intracerebral hemorrhage", 1), ("Intraventricular hemorrhage", 2)):
-        assert vol[label] == pytest.approx(np.count_nonzero(ge_outputs["parts"] == value) * vox, rel=0.03)
+        assert vol[label] == pytest.approx(np.count_nonzero(ge_outputs["parts"] == value) * vox, rel=0.01)
     assert ge_outputs["entry"]["SegmentationVolumes"]["hemorrhage"] == pytest.approx(vol["Hemorrhage (ICH+IVH)"],
                                                                                    abs=1e-3)
+
+
+def test_slabs_tile_the_uneven_tilted_series(bids):
+    """GE head: 4 mm, one 1.1 mm step, then 7 mm (along the tilted normal, not the 4.2/7.4 mm table
+    increments): each slab reaches half-way to each neighbour, so the slabs neither gap nor overlap."""
+    datasets = S.read_series(find_source(bids, GE_REL))
+    normal = S._normal(datasets[0])
+    pos = np.array([np.dot(normal, ds.ImagePositionPatient) for ds in datasets])
+    bounds = S.slab_bounds(datasets)
+    assert np.allclose(pos[:-1] + bounds[:-1, 1], pos[1:] - bounds[1:, 0], atol=1e-6)
+    assert S.slab_widths(datasets).sum() == pytest.approx(pos[-1] - pos[0] + bounds[0, 0] + bounds[-1, 1])
+    step = int(np.argmin(np.diff(pos)))  # the 1.1 mm step: the slabs on both sides are lopsided
+    assert bounds[step] == pytest.approx([2.0, 0.54], abs=0.01)
+    assert bounds[step + 1] == pytest.approx([0.54, 3.5], abs=0.01)
+
+
+def test_deep_clot_across_the_spacing_change_keeps_its_volume(ge_outputs, bids, monkeypatch):
+    """A deep 25 mL clot straddling the 4 -> 7 mm change read back -2.2 % with slabs centred on
+    their planes; now exact. The general (oblique-grid) sub-plane sampling agrees with the exact one."""
+    img, datasets = ge_outputs["img"], S.read_series(find_source(bids, GE_REL))
+    hem, _ = synth.hematoma_mask(ge_outputs["brain"], img.affine, 25.0, rng=np.random.default_rng(7),
+                                 location="deep", image=ge_outputs["hu"])
+    vox = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    area = float(np.prod(np.asarray(datasets[0].PixelSpacing, float)))
+    widths = S.slab_widths(datasets)
+
+    def volume(frames):
+        return float((frames.reshape(len(datasets), -1).sum(1) * area * widths).sum() / 1000)
+
+    exact = S.resample_to_slices(hem, img.affine, datasets)
+    assert volume(S.binarize_slabs(exact)) == pytest.approx(hem.sum() * vox, rel=0.002)
+    monkeypatch.setattr(S, "_grid_axis", lambda *a: None)  # force the sub-plane path
+    sampled = S.resample_to_slices(hem, img.affine, datasets)
+    assert np.abs(sampled - exact).max() < 0.05
+    assert volume(S.binarize_slabs(sampled)) == pytest.approx(hem.sum() * vox, rel=0.005)
 
 
 def test_sr_reads_back_the_volumes_qc_and_model(ge_outputs):
@@ -224,8 +261,8 @@ def test_untilted_phantom(phantom_bids, tmp_path):
     seg = hd.seg.segread(paths["seg"])
     sources = S.read_series(find_source(bids, PH_REL))
     vol = S.segment_volumes(seg, sources)
-    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.02)
-    assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.02)
+    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.005)
+    assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.005)
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     assert all(np.allclose(ipp, by_uid[uid].ImagePositionPatient, atol=1e-3) for _, uid, ipp in S.frame_sources(seg))
     assert read_report(str(paths["sr"]))["Brain"]["volume_ml"] == pytest.approx(meta["BrainVolume"])
@@ -278,6 +315,18 @@ def test_missing_source_file_is_named(bids, tmp_path):
         S.read_series(files)
 
 
+def test_dseg_parts_named_by_their_name_column(tmp_path):
+    """The pipeline's ICH row mentions "ventricles" in its description: the name decides the part."""
+    from deepbleed_bids.dicom.results import _labels
+
+    dseg = tmp_path / "sub-01_desc-hemorrhage_dseg.nii.gz"
+    dseg.with_name(dseg.name.replace(".nii.gz", ".tsv")).write_text(dseg_tsv())
+    assert _labels(dseg) == {"ich": [1], "ivh": [2]}
+    dseg.with_name(dseg.name.replace(".nii.gz", ".tsv")).write_text(
+        "index\tname\tdescription\n3\tbleed\tintraventricular blood\n4\tx\tICH near the ventricles\n")
+    assert _labels(dseg) == {"ich": [], "ivh": [3]}  # description only when unambiguous
+
+
 def test_dicom_folder_per_session(tmp_path):
     paths = dicom_paths(tmp_path, "sub-01/ses-2/ct/sub-01_ses-2_acq-soft_run-1_ct.nii.gz")
     assert paths["seg"] == tmp_path / "sub-01/ses-2/dicom/sub-01_ses-2_acq-soft_run-1_desc-hemorrhage_seg.dcm"
@@ -326,9 +375,12 @@ def test_run_py_writes_dicom_for_a_dicom2bids_dataset(bids, head_and_brain, asse
     paths = dicom_paths(out, GE_REL)
     vol = S.segment_volumes(hd.seg.segread(paths["seg"]), S.read_series(find_source(root, GE_REL)))
     assert vol["Brain"] == pytest.approx(meta["BrainVolume"], rel=0.02)
-    # issue 16 asks for 2 %; this network mask (a deep clot after the global-search
-    # registration) measured -2.15 %, so the guard here is 2.5 % until the slab sampling improves
-    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.025)
+    assert vol["Hemorrhage (ICH+IVH)"] == pytest.approx(meta["HemorrhageVolume"], rel=0.02)
+    parts = np.asanyarray(nib.load(str(planned["hemorrhage_mask"]).replace("_mask", "_dseg")).dataobj)
+    vox = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    for label, value in (("Intracerebral hemorrhage", 1), ("Intraventricular hemorrhage", 2)):
+        if np.any(parts == value):  # each part of the pipeline's dseg is its own segment
+            assert vol[label] == pytest.approx(np.count_nonzero(parts == value) * vox, rel=0.02, abs=0.05)
     report = read_report(str(paths["sr"]))
     assert report["Hemorrhage (ICH+IVH)"]["volume_ml"] == pytest.approx(meta["HemorrhageVolume"])
     assert report["Hemorrhage (ICH+IVH)"]["abc2_ml"] == pytest.approx(meta["QC"]["Metrics"]["ABC2Volume"])

@@ -54,6 +54,25 @@ def test_mosaic_is_radiological_and_shows_the_lesion(head):
     assert F.detail_mosaic(ct, b, np.zeros_like(h), zooms) is None
 
 
+def test_skull_base_figure_cuts_through_the_petrous_bones(head):
+    """The report's skull-base panels: a coronal plane through the petrous bones, the mask
+    outlined, and no mask voxel on bone in either plane."""
+    img, brain = head
+    ct, zooms = F.canonical(img)
+    b, _ = F.canonical(nib.Nifti1Image(brain.astype(np.uint8), img.affine))
+    x, y = F.skull_base_planes(ct, b > 0)
+    coronal, sagittal = ct[:, y], ct[x]
+    # dense bone (petrous pyramids, >= 600 HU) below the brain in the coronal plane
+    assert np.count_nonzero(coronal >= 600) * zooms[0] * zooms[2] > 300  # mm2
+    for plane, mask in ((coronal, b[:, y] > 0), (sagittal, b[x] > 0)):
+        assert mask.sum() > 1000 and np.mean(plane[mask] >= 200) < 1e-3
+    rgb = _rgb(F.skull_base_figure(ct, b, zooms))
+    cyan = (rgb[..., 0] < 90) & (rgb[..., 1] > 170) & (rgb[..., 2] > 200)
+    half = rgb.shape[1] // 2
+    assert cyan[:, :half].sum() > 100 and cyan[:, half:].sum() > 100  # an outline in both panels
+    assert F.skull_base_figure(ct, np.zeros_like(b), zooms) is None
+
+
 def test_alignment_figure_renders(template_path, head):
     tpl = nib.load(template_path)
     rgb = _rgb(F.alignment_figure(tpl, tpl))  # the template on itself: edges sit on its brain

@@ -1,5 +1,7 @@
 """``deepbleed-bids train``: retrain the DeepBleed VNet on a BIDS dataset with reference masks."""
 import argparse
+from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 HELP = """\
@@ -87,20 +89,20 @@ def add_parser(subparsers):
     card = parser.add_argument_group("model card")
     card.add_argument("--description", help="model card description")
     card.add_argument("--license", dest="license_text", help="model card license text")
-    parser.set_defaults(func=run, _parser=parser)
+    parser.set_defaults(func=partial(run, parser=parser))
     return parser
 
 
 NOT_RECORDED = {"stop_after", "prepare_only", "verbose", "nprocs", "omp_nthreads", "work_dir"}
 
 
-def command(args):
+def command(args, parser):
     """The command that reproduces the model: positionals and every non-default option
     (options that only change speed or stop early are left out)."""
     import shlex
 
     words = ["deepbleed-bids", "train"]
-    for action in args._parser._actions:
+    for action in parser._actions:
         dest = action.dest
         if dest in NOT_RECORDED or dest == "help" or not hasattr(args, dest):
             continue
@@ -132,7 +134,14 @@ def params_from_args(args):
         mixed_precision=args.mixed_precision, threads=args.threads)
 
 
-def run(args):
+def config_from_args(args):
+    """The TrainConfig of the parsed command line (nothing below cli/ sees the Namespace)."""
+    from ..config import TrainConfig
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+def run(args, parser):
     from ..training.run import train_from_bids
 
-    return train_from_bids(args, params_from_args(args), command(args))
+    return train_from_bids(config_from_args(args), params_from_args(args), command(args, parser))

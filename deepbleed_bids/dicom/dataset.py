@@ -5,10 +5,9 @@ import re
 from pathlib import Path
 
 from .. import __url__, __version__
+from ..bids import BIDS_VERSION  # noqa: F401 (deepbleed_bids.dicom re-exports it)
 from ..errors import InputError
 from ..utils import write_text_atomic
-
-BIDS_VERSION = "1.10.0"
 
 
 def bids_label(value, what, prefix):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..derivatives import sidecar_path
 from ..errors import InputError
+from ..nifti import voxel_volume_ml
 from ..utils import atomic_path, write_json_atomic, write_text_atomic
 from .sources import lookup
 
@@ -45,23 +47,16 @@ def _labels(dseg):
         return found
     with open(table, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
-            name = " ".join(str(row.get(k) or "") for k in ("name", "abbreviation", "description"))
-            for kind, pattern in (("ivh", _IVH), ("ich", _ICH)):
-                if pattern.search(name) and str(row.get("index", "")).strip().isdigit():
-                    found[kind].append(int(row["index"]))
+            if not str(row.get("index", "")).strip().isdigit():
+                continue
+            # the name decides; a description may name both ("ICH: ... outside the ventricles")
+            for key in ("name", "abbreviation", "description"):
+                hits = [kind for kind, pattern in (("ivh", _IVH), ("ich", _ICH))
+                        if pattern.search(str(row.get(key) or ""))]
+                if len(hits) == 1:
+                    found[hits[0]].append(int(row["index"]))
                     break
     return found
-
-
-def find_parts(out_files, hemorrhage_mask):
-    """The native-space ICH/IVH ``dseg`` written beside the hemorrhage mask, if any."""
-    prefix = Path(hemorrhage_mask).name.split("_desc-")[0]
-    for path in sorted(out_files):
-        name = Path(path).name
-        # the hemorrhage's own dseg, not another one beside it (e.g. the atlas dseg)
-        if name.startswith(prefix + "_") and "_desc-hemorrhage_dseg.nii" in name and "space-" not in name:
-            return Path(path)
-    return None
 
 
 def write_dicom(config, source, planned, out_files=()):
@@ -81,14 +76,14 @@ def write_dicom(config, source, planned, out_files=()):
         raise InputError(entry.get("NotRecorded") or "no source DICOM series recorded for this CT "
                          "(datasets converted by `deepbleed-bids dicom2bids` record it in sourcedata/dicom2bids/)")
     datasets = S.read_series(entry["Files"])
-    sidecar_path = Path(str(planned["hemorrhage_mask"]).replace(".nii.gz", ".json"))
-    sidecar = json.loads(sidecar_path.read_text())
+    sidecar = json.loads(sidecar_path(planned["hemorrhage_mask"]).read_text())
     hem_img = nib.load(str(planned["hemorrhage_mask"]))
     affine = hem_img.affine
     masks = {"hemorrhage": np.asanyarray(hem_img.dataobj) > 0}
     volumes = {"hemorrhage": sidecar["HemorrhageVolume"], "brain": sidecar["BrainVolume"]}
-    vox_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    dseg = find_parts(out_files, planned["hemorrhage_mask"])
+    vox_ml = voxel_volume_ml(affine)
+    # the ICH/IVH split written with this mask (not an older file, not the atlas dseg)
+    dseg = planned["hemorrhage_dseg"] if str(planned["hemorrhage_dseg"]) in map(str, out_files) else None
     if dseg is not None:
         labels = np.asanyarray(nib.load(str(dseg)).dataobj)
         for kind, values in _labels(dseg).items():

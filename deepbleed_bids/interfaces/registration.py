@@ -3,6 +3,8 @@ import time
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from ..template import SPACE
+
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="brain-extracted CT (0 outside the brain)")
@@ -37,7 +39,7 @@ class RigidRegistration(SimpleInterface):
         reg = register_rigid(moving, template, out_path(runtime.cwd, self.inputs.in_file, "", ext=""),
                              seed=self.inputs.seed, threads=self.inputs.num_threads)
         warped = to_template(moving, template, reg["transform"], interpolation="nearestNeighbor")
-        out = out_path(runtime.cwd, self.inputs.in_file, "space-DeepBleedCT")
+        out = out_path(runtime.cwd, self.inputs.in_file, f"space-{SPACE}")
         nib.save(warped, out)
         self._results.update(out_transform=reg["transform"], out_file=out,
                              similarity=float(reg["similarity"]), params=reg.get("params", {}),

@@ -64,9 +64,10 @@ class VNetSegment(SimpleInterface):
                                      device=plan["device"], seed=self.inputs.seed, mc_model=mc_model)
         prob = np.mean(passes, axis=0, dtype=np.float32) if len(passes) > 1 else passes[0]
         forward = time.perf_counter() - t0
+        from ..nifti import voxel_volume_ml
         from ..uncertainty import pass_agreement
 
-        agreement = {**tta, **pass_agreement(passes, float(np.prod(img.header.get_zooms()[:3])) / 1000,
+        agreement = {**tta, **pass_agreement(passes, voxel_volume_ml(img),
                                              self.inputs.threshold)}
         out = out_path(runtime.cwd, self.inputs.in_file, "probseg")
         nib.save(like(prob, img, dtype=np.float32), out)

@@ -1,6 +1,8 @@
 """Nipype interfaces for training: the reference mask on the template grid, one packed case."""
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from ..template import SPACE
+
 
 class _MaskToTemplateInputSpec(BaseInterfaceInputSpec):
     in_mask = File(exists=True, mandatory=True, desc="reference hemorrhage mask, native grid of the CT")
@@ -44,7 +46,7 @@ class MaskToTemplate(SimpleInterface):
         template = nib.load(self.inputs.template)
         warped = to_template(binary, template, self.inputs.transform, interpolation="linear")
         out_mask = np.asanyarray(warped.dataobj) >= 0.5
-        out = out_path(runtime.cwd, self.inputs.in_mask, "space-DeepBleedCT")
+        out = out_path(runtime.cwd, self.inputs.in_mask, f"space-{SPACE}")
         nib.save(like(out_mask, template, dtype=np.uint8), out)
         self._results.update(out_file=out, native_volume_ml=volume_ml(binary.dataobj, ref.affine),
                              template_volume_ml=volume_ml(out_mask, template.affine))

@@ -47,9 +47,10 @@ class TrialMeasures(SimpleInterface):
 
         start = time.perf_counter()
         ref = nib.load(self.inputs.reference)
-        labels = np.asanyarray(carry_labels(atlas_image(), ref, self.inputs.transform).dataobj).astype(np.int16)
         brain = np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0
-        labels[~brain] = 0
+        # only the brain's voxels are resampled (genericLabel is slow on a whole head CT grid)
+        labels = np.asanyarray(carry_labels(atlas_image(), ref, self.inputs.transform,
+                                            within=brain).dataobj).astype(np.int16)
         hem = np.asanyarray(nib.load(self.inputs.hemorrhage_mask).dataobj) > 0
         ivh, ivh_ml = None, None
         if isdefined(self.inputs.hemorrhage_dseg):

@@ -15,29 +15,22 @@ from . import html as H
 QC_TEXT = "QC flags: automatic checks that ask a reader to look, not verdicts"
 
 
-def _relpath_of(sidecar_path, meta, out_dir):
-    raw = next((s[len("bids:raw:"):] for s in meta.get("Sources", []) if s.startswith("bids:raw:")), None)
-    if raw:
-        return raw
-    rel = Path(sidecar_path).relative_to(out_dir)
-    return str(rel.parent / (rel.name.replace("_desc-hemorrhage_mask.json", "_ct.nii.gz")))
-
-
 def participant_entries(out_dir, subject, failures=(), skipped=()):
     """``{source relpath: {"sidecar": path|None, "status": ..., "reason": ...}}`` for one participant."""
     out_dir = Path(out_dir)
     sub = "sub-" + B.strip_label(subject, "sub-")
     entries = {}
-    for path in sorted((out_dir / sub).glob("**/*_desc-hemorrhage_mask.json")):
-        if "_space-" in path.name or path.parent.name not in ("ct", "anat"):
+    from ..derivatives import find_outputs
+
+    for found in find_outputs(out_dir, subject=sub):
+        path = found.sidecar
+        if path is None:
             continue
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
+        if found.error:
             entries[str(path.relative_to(out_dir))] = {"sidecar": None, "status": "failed",
-                                                       "reason": f"unreadable sidecar {path.name}: {err}"}
+                                                       "reason": f"unreadable sidecar {path.name}: {found.error}"}
             continue
-        entries[_relpath_of(path, meta, out_dir)] = {"sidecar": path, "meta": meta, "status": "ok", "reason": ""}
+        entries[found.source] = {"sidecar": path, "meta": found.meta, "status": "ok", "reason": ""}
     for status, items in (("failed", failures), ("skipped", skipped)):
         for relpath, reason in items:
             if Path(relpath).parts[0] != sub:
@@ -59,8 +52,10 @@ def _figures(out_dir, bids_dir, relpath, meta):
     parts, notes = [], []
     source = Path(bids_dir) / relpath if bids_dir else None
     if source is not None and source.is_file():
-        ct_img = nib.as_closest_canonical(nib.load(str(source)))  # read and decompressed once
+        ct_img = nib.as_closest_canonical(nib.load(str(source)))
         ct, zooms = F.canonical(ct_img)
+        # every figure reads the arrays loaded here: each file is read and decompressed once
+        ct_img = nib.Nifti1Image(ct, ct_img.affine, ct_img.header)
         brain, _ = F.canonical(nib.load(str(files["brain_mask"])))
         bleed, _ = F.canonical(nib.load(str(files["hemorrhage_mask"])))
         abc = QC.abc2(bleed > 0, ct_img.affine)
@@ -68,6 +63,12 @@ def _figures(out_dir, bids_dir, relpath, meta):
                      "0-80 HU<span style='background:#00d5ff'></span>brain mask"
                      "<span style='background:#ff2a2a'></span>hemorrhage</p>")
         parts.append(H.embedded_png(F.overview_mosaic(ct, brain, bleed, zooms), f"{relpath} overview"))
+        skull_base = F.skull_base_figure(ct, brain, zooms)
+        if skull_base is not None:
+            parts.append("<h3>Native space: brain mask at the skull base</h3><p class='legend'>-40 to 400 HU "
+                         "so bone shows; the<span style='background:#00d5ff'></span>brain mask must stay off "
+                         "the skull base, petrous bones and their streaks</p>")
+            parts.append(H.embedded_png(skull_base, f"{relpath} skull base"))
         detail = F.detail_mosaic(ct, brain, bleed, zooms, abc)
         if detail is not None:
             parts.append("<h3>Native space: every hemorrhage slice</h3><p class='legend'>outline only, so the "
@@ -79,7 +80,7 @@ def _figures(out_dir, bids_dir, relpath, meta):
         split_fig = _split_figure(files, ct, zooms, relpath)
         if split_fig:
             parts.append(split_fig)
-        trial_fig = _trial_figure(files, ct_img, meta, relpath)
+        trial_fig = _trial_figure(files, ct_img, bleed, meta, relpath)
         if trial_fig:
             parts.append(trial_fig)
     else:
@@ -117,7 +118,7 @@ def _split_figure(files, ct, zooms, relpath):
             "(yellow: 0.5)</p>" + H.embedded_png(png, f"{relpath} split and uncertainty"))
 
 
-def _trial_figure(files, ct_img, meta, relpath):
+def _trial_figure(files, ct_img, bleed, meta, relpath):
     """Location (atlas regions by class), edema outline and midline (deepbleed_bids.trial)."""
     import nibabel as nib
 
@@ -132,7 +133,7 @@ def _trial_figure(files, ct_img, meta, relpath):
     measure = meta.get("MidlineShiftMeasurement") or {}
     msp = measure.get("MidSagittalPlane") or {}
     plane = (msp["Normal"], msp["Offset"]) if msp.get("Normal") else None
-    png = F.trial_mosaic(ct_img, nib.load(str(atlas_path)), nib.load(str(files["hemorrhage_mask"])),
+    png = F.trial_mosaic(ct_img, nib.load(str(atlas_path)), bleed,
                          nib.load(str(edema_path)) if edema_path.is_file() else None, classes, plane,
                          measure.get("MidlineShiftSigned"))
     if png is None:

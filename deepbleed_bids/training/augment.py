@@ -8,7 +8,7 @@ towards lesions, since hemorrhage is a small fraction of the brain.
 import numpy as np
 from scipy import ndimage as ndi
 
-VOXEL_MM = 1.5  # template grid spacing
+from ..template import VOXEL_MM
 
 
 def flip_lr(image, mask, rng, p=0.5):

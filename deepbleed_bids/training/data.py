@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import bids as B
+from ..derivatives import derivative_path
 from ..errors import InputError
 
 
@@ -21,10 +22,10 @@ def log(msg):
 
 def mask_path(masks_dir, relpath):
     """Where the reference mask of a CT is expected (the CT's datatype folder first)."""
-    first = B.derivative_path(masks_dir, relpath, "mask", desc="hemorrhage")
+    first = derivative_path(masks_dir, relpath, "mask", desc="hemorrhage")
     rel = Path(relpath)
     other = "anat" if rel.parent.name == "ct" else "ct"
-    second = B.derivative_path(masks_dir, str(rel.parent.parent / other / rel.name), "mask",
+    second = derivative_path(masks_dir, str(rel.parent.parent / other / rel.name), "mask",
                                desc="hemorrhage")
     return next((p for p in (first, second) if p.is_file()), first)
 
@@ -80,37 +81,18 @@ def prepare_cases(pairs, template, work_dir, brain_extraction="native", seed=1, 
 
     A second call with the same ``work_dir`` reuses every finished step.
     """
-    from nipype import config as ncfg
-    from nipype import logging as nlogging
-
-    from ..runner import _crashed_images
+    from ..execution import configure_nipype, run_workflow, workflow_name
     from ..workflows.train import init_training_data_wf
 
     work_dir = Path(work_dir).absolute()
     cases_dir = work_dir / "cases"
-    crash_dir = work_dir / "crash" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    crash_dir.mkdir(parents=True, exist_ok=True)
-    ncfg.update_config({
-        "execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
-                      "stop_on_first_crash": False, "remove_unnecessary_outputs": False,
-                      "hash_method": "content", "check_version": False, "create_report": False,
-                      "write_provenance": False,
-                      # MultiProc checks ~nprocs cached nodes per poll: a 2 s poll makes a
-                      # fully cached 200-case re-run take ~17 min instead of seconds
-                      "poll_sleep_duration": 0.05},
-        "logging": {"workflow_level": "INFO" if verbose else "WARNING",
-                    "interface_level": "INFO" if verbose > 1 else "WARNING"},
-    })
-    nlogging.update_logging(ncfg)
+    # MultiProc checks ~nprocs cached nodes per poll: a 2 s poll makes a fully cached
+    # 200-case re-run take ~17 min instead of seconds
+    _, crash_dir = configure_nipype(work_dir, verbose, poll=0.05)
     wf = init_training_data_wf(pairs, template, cases_dir, work_dir, brain_extraction, seed, omp_nthreads)
     plugin = "Linear" if nprocs == 1 else "MultiProc"
     args = {"n_procs": nprocs, "raise_insufficient": False} if plugin == "MultiProc" else {}
-    try:
-        wf.run(plugin=plugin, plugin_args=args)
-    except RuntimeError:
-        if not any(crash_dir.glob("crash-*")):
-            raise
-    crashes = {name: reason for name, (reason, _) in _crashed_images(crash_dir).items()}
+    crashes = {name: reason for name, (reason, _) in run_workflow(wf, plugin, args, crash_dir, kind="case").items()}
     files, failures = [], []
     for pair in pairs:
         rel = pair["source"]["relpath"]
@@ -118,9 +100,7 @@ def prepare_cases(pairs, template, work_dir, brain_extraction="native", seed=1, 
         if path.is_file():
             files.append(path)
         else:
-            name = f"case_{B.image_id(rel)}_wf"
-            reason = next((why for key, why in crashes.items() if name in key),
-                          f"preprocessing failed; see {crash_dir}")
+            reason = crashes.get(workflow_name(rel, kind="case"), f"preprocessing failed; see {crash_dir}")
             failures.append((rel, reason))
     return files, failures
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..template import VOXEL_ML
 from ..utils import atomic_path, write_text_atomic, write_tsv_atomic
 from .augment import augment
 
@@ -177,7 +178,7 @@ def validate(model, cases, params, device):
                               patch_size=params.predict_patch_size, device=device)
         losses.append(float(loss_fn(tf.constant(case["mask"], tf.float32), tf.constant(prob))))
         dices.append(dice(prob >= 0.5, case["mask"]))
-        diffs.append(abs(int((prob >= 0.5).sum()) - int(case["mask"].sum())) * 1.5 ** 3 / 1000.0)
+        diffs.append(abs(int((prob >= 0.5).sum()) - int(case["mask"].sum())) * VOXEL_ML)
     return float(np.mean(losses)), float(np.mean(dices)), float(np.mean(diffs))
 
 
@@ -301,7 +302,7 @@ def train(train_cases, val_cases, out_dir, params, stop_after=None, log=print, o
     ``stop_after``: end this call after that many new epochs (resumable later).
     """
     from ..model.device import configure
-    from ..plots import loss_curve
+    from ..reports.plots import loss_curve
     from .losses import get_loss
 
     params.check()

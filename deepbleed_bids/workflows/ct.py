@@ -20,10 +20,10 @@ def _timings(clamp, brain, register, segment, forward, native, split=0.0, trial=
 
 def init_ct_wf(config, source, name=None):
     """Build the workflow for one source image (``source`` from :func:`deepbleed_bids.bids.collect_ct`)."""
-    from ..bids import image_id
+    from ..execution import workflow_name
 
     threads = max(1, int(config.omp_nthreads))
-    wf = pe.Workflow(name=name or f"ct_{image_id(source['relpath'])}_wf")
+    wf = pe.Workflow(name=name or workflow_name(source["relpath"]))
     preproc = init_preproc_wf(source["path"], config.template, config.brain_extraction,
                               config.seed, threads, getattr(config, "skull_stripped", False))
     segment = pe.Node(VNetSegment(model_spec=config.model_spec, device=config.device,

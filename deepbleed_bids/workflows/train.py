@@ -16,10 +16,10 @@ def init_training_case_wf(pair, template, out_file, brain_extraction="native", s
     """
     from pathlib import Path
 
-    from ..bids import image_id
+    from ..execution import workflow_name
 
     source = pair["source"]
-    wf = pe.Workflow(name=name or f"case_{image_id(source['relpath'])}_wf")
+    wf = pe.Workflow(name=name or workflow_name(source["relpath"], kind="case"))
     preproc = init_preproc_wf(source["path"], template, brain_extraction, seed, omp_nthreads)
     to_template = pe.Node(MaskToTemplate(in_mask=pair["mask"], reference=source["path"],
                                          template=template), name="mask_to_template", mem_gb=1.0)

@@ -1,0 +1,144 @@
+"""Faster code paths of issue #13 give what the plain ones give (real head, real ANTs)."""
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepbleed_bids import atlas as A
+from deepbleed_bids import midline as M
+from deepbleed_bids.reports import figures as F
+
+
+@pytest.fixture(scope="module")
+def rigid(tmp_path_factory):
+    """A rigid ITK transform (template -> scan points): 7 deg about the vertical axis and a
+    shift, written with ANTs as the registration writes its transforms."""
+    import ants
+
+    a = np.deg2rad(7.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    tx = ants.create_ants_transform(transform_type="AffineTransform", precision="double", dimension=3,
+                                    matrix=rot, translation=[4.0, -6.0, 10.0])
+    path = str(tmp_path_factory.mktemp("xfm") / "rigid0GenericAffine.mat")
+    ants.write_transform(tx, path)
+    return path
+
+
+def test_carry_labels_within_the_brain_is_the_whole_grid_result_there(head_and_brain, rigid):
+    img, brain = head_and_brain
+    whole = np.asanyarray(A.carry_labels(A.atlas_image(), img, rigid).dataobj)
+    boxed_img = A.carry_labels(A.atlas_image(), img, rigid, within=brain)
+    boxed = np.asanyarray(boxed_img.dataobj)
+    assert boxed_img.shape == img.shape and np.array_equal(boxed_img.affine, img.affine)
+    assert np.array_equal(boxed_img.header.get_qform(), img.header.get_qform())
+    assert not boxed[~brain].any()
+    inside = whole[brain]
+    assert (inside > 0).mean() > 0.5  # the atlas does land on the brain
+    # genericLabel per voxel depends only on its position: the same labels, but for ties
+    # broken by float rounding of the shifted origin
+    assert (boxed[brain] != inside).mean() < 1e-4
+    # linear interpolation (the ventricle prior): the same values to float precision
+    prior = nib.Nifti1Image(A.ventricle_prior().astype(np.float32), A.atlas_image().affine)
+    lin_whole = np.asanyarray(A.carry_labels(prior, img, rigid, "linear").dataobj)
+    lin_boxed = np.asanyarray(A.carry_labels(prior, img, rigid, "linear", within=brain).dataobj)
+    assert np.abs(lin_boxed - np.where(brain, lin_whole, 0)).max() < 1e-3
+    empty = A.carry_labels(A.atlas_image(), img, rigid, within=np.zeros(img.shape, bool))
+    assert not np.asanyarray(empty.dataobj).any()
+    with pytest.raises(ValueError, match="shape"):
+        A.carry_labels(A.atlas_image(), img, rigid, within=brain[:-1])
+
+
+def _line_by_line(lines, us, vs, ws, du):
+    """The septum / slit scan one line at a time (the code before vectorisation)."""
+    septum, slits = [], []
+    min_run, free = int(round(2.0 / du)), int(round(5.0 / du))
+    for j in range(lines.shape[1]):
+        for k in range(lines.shape[2]):
+            row = np.concatenate([[False], lines[:, j, k], [False]]).astype(np.int8)
+            edges = np.flatnonzero(np.diff(row))
+            runs = list(zip(edges[::2], edges[1::2]))
+            for (a0, a1), (b0, b1) in zip(runs[:-1], runs[1:]):
+                gap = (b0 - a1) * du
+                if 0.5 <= gap <= 6.0 and a1 - a0 >= min_run and b1 - b0 >= min_run:
+                    c = 0.5 * (us[a1 - 1] + us[b0])
+                    if abs(c) <= M.MAX_SHIFT_MM:
+                        septum.append((c, vs[j], ws[k], j, k))
+            for a0, a1 in runs:
+                c = 0.5 * (us[a0] + us[a1 - 1])
+                if 1.5 <= (a1 - a0) * du <= 8.0 and abs(c) <= M.MAX_SHIFT_MM and a0 >= free \
+                        and a1 + free <= len(us) and not lines[a0 - free:a0, j, k].any() \
+                        and not lines[a1:a1 + free, j, k].any():
+                    slits.append((c, vs[j], ws[k], j, k))
+    return septum, slits
+
+
+@pytest.mark.parametrize("density", [0.03, 0.15, 0.4])
+def test_vectorised_septum_scan_finds_what_a_line_by_line_scan_finds(density):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(int(density * 100))
+    # runs of CSF a few samples long along u, as on lines across the plane
+    lines = ndi.binary_dilation(rng.random((121, 30, 20)) < density, np.ones((5, 1, 1), bool))
+    us, vs, ws = np.arange(-30.0, 30.25, 0.5), np.arange(30.0), np.arange(20.0)
+    septum, slits = M._line_candidates(lines, us, vs, ws, 0.5)
+    ref_septum, ref_slits = _line_by_line(lines, us, vs, ws, 0.5)
+    assert len(ref_septum) + len(ref_slits) > 0
+    assert np.array_equal(np.array(septum, float).reshape(-1, 5), np.array(ref_septum, float).reshape(-1, 5))
+    assert np.array_equal(np.array(slits, float).reshape(-1, 5), np.array(ref_slits, float).reshape(-1, 5))
+
+
+def test_mosaic_panels_edges_and_labels():
+    from io import BytesIO
+
+    from PIL import Image
+
+    mask = np.zeros((40, 30), bool)
+    mask[10:20, 5:15] = True
+    rgb = F.gray(np.full((40, 30), 40.0))
+    assert np.allclose(rgb, 0.5)  # 40 HU in the 0-80 HU window
+    F.edge(rgb, mask, F.BLEED_COLOR)
+    red = np.all(rgb == F._rgb(F.BLEED_COLOR), axis=2)
+    assert red[10, 5:15].all() and red[19, 5:15].all() and not red[12:18, 7:13].any()
+    full = F.gray(np.zeros((8, 8)))
+    F.edge(full, np.ones((8, 8), bool), F.BLEED_COLOR)  # a mask filling the panel has no edge
+    assert not full.any()
+    assert F.thin(np.arange(16.0).reshape(4, 4), 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    mosaic = F.Mosaic(3, 2, (30, 40))  # 3 panels of 30 rows x 40 columns, 2 per row
+    for k in range(3):
+        mosaic.put(k, F.displayed(rgb))
+        mosaic.label(k, f"z {k}", "bl", 7)
+    with Image.open(BytesIO(mosaic.png())) as im:
+        out = np.asarray(im.convert("RGB"))
+    assert out.shape[0] == 2 * mosaic.h + mosaic.gap and out.shape[1] == 2 * mosaic.w + mosaic.gap
+    assert mosaic.zoom == 5  # small panels are scaled up to ~200 px
+    # radiological display: data x runs right to left, data y bottom to top
+    shown = F.displayed(rgb)
+    assert np.array_equal(shown[-1, -1], rgb[0, 0])
+
+
+def test_warm_imports_wait_for_the_registration_child_process():
+    """The imports start once the registration's child process runs, not during its start search."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from deepbleed_bids.execution import has_child_process, wait_for_child_process, warm_imports_callback
+
+    if has_child_process() is None:
+        pytest.skip("no /proc/self/task/*/children on this system")
+    if has_child_process():
+        pytest.skip("this test process already runs a child process (another fixture's)")
+    start = time.monotonic()
+    assert wait_for_child_process(timeout=0.3) is False and time.monotonic() - start >= 0.3
+    name = "colorsys"  # a small standard module, re-imported harmlessly
+    sys.modules.pop(name, None)
+    callback = warm_imports_callback(modules=(name,))
+    callback(SimpleNamespace(name="register"), "start")
+    time.sleep(0.5)
+    assert name not in sys.modules  # still waiting: no child process yet
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        callback.threads[0].join(20)
+        assert name in sys.modules
+    finally:
+        child.wait()
