@@ -109,6 +109,7 @@ def _metrics(**kw):
 @pytest.mark.parametrize("change, flag", [
     ({"RegistrationSimilarity": 0.02}, "registration"),
     ({"TemplateOverlap": 0.5}, "registration"),
+    ({"TemplateCoverage": 0.8}, "registration"),
     ({"BrainVolume": 700.0}, "brain_volume"),
     ({"BrainEdgeArea": 5.0}, "partial_coverage"),
     ({"BrainInferiorEdgeArea": 20.0}, "partial_coverage"),
@@ -134,3 +135,12 @@ def test_disagreement_needs_both_tolerances_and_thresholds_are_configurable():
     assert qc.flags(_metrics(SkullContactArea=9.0), {"skull_contact_cm2": 10.0}) == {}
     with pytest.raises(ValueError, match="unknown QC thresholds"):
         qc.check_thresholds({"skull_contact": 3})
+
+
+def test_registration_flag_catches_a_cut_head():
+    """The template brain's share inside the scanned field of view (issue 10)."""
+    assert qc.registration_flag(0.3, 0.85, coverage=0.97) is None
+    reason = qc.registration_flag(0.3, 0.85, coverage=0.85)
+    assert "85% of the template brain" in reason
+    assert qc.registration_flag(0.3, 0.85, {"min_template_coverage": 0.8}, coverage=0.85) is None
+    assert qc.flags(_metrics(TemplateCoverage=0.95)) == {}

@@ -10,6 +10,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     hemorrhage_mask = File(exists=True, mandatory=True, desc="native hemorrhage mask")
     hemorrhage_volume_ml = traits.Float(desc="the network's volume (as written in the sidecar)")
     similarity = traits.Float(desc="registration similarity reported by the registration")
+    coverage = traits.Float(desc="share of the template brain inside the scanned field of view")
     registered = File(exists=True, desc="network input on the template grid")
     template = File(exists=True, desc="the template")
     metadata = traits.Dict(desc="source sidecar (kernel and contrast checks)")
@@ -54,7 +55,8 @@ class ComputeQC(SimpleInterface):
                 hemorrhage_ml=value("hemorrhage_volume_ml"), similarity=value("similarity"),
                 registered=load(self.inputs.registered), template=load(self.inputs.template),
                 metadata={"kernel_type": kernel_type(meta), "contrast": contrast_suspected(meta)},
-                thresholds=value("thresholds") or {}, uncertainty=value("uncertainty"))
+                thresholds=value("thresholds") or {}, uncertainty=value("uncertainty"),
+                coverage=value("coverage"))
         except Exception as err:  # noqa: BLE001  QC must never cost the image its outputs
             qc = {"Pass": False, "Flags": {"qc_error": f"quality control failed: {err}"}, "Metrics": {}}
         self._results["qc"] = qc

@@ -17,6 +17,7 @@ class _RegisterOutputSpec(TraitedSpec):
     out_transform = File(exists=True, desc="rigid transform native -> template (ITK .mat)")
     out_file = File(exists=True, desc="CT on the template grid, nearest-neighbour (network input)")
     similarity = traits.Float(desc="similarity to the template after alignment")
+    coverage = traits.Float(desc="share of the template brain inside the scanned field of view")
     params = traits.Dict()
     elapsed = traits.Float()
 
@@ -43,6 +44,7 @@ class RigidRegistration(SimpleInterface):
         nib.save(warped, out)
         self._results.update(out_transform=reg["transform"], out_file=out,
                              similarity=float(reg["similarity"]), params=reg.get("params", {}),
+                             coverage=float(reg.get("coverage", 1.0)),
                              elapsed=time.perf_counter() - start)
         return runtime
 

@@ -82,7 +82,8 @@ def init_ct_wf(config, source, name=None):
         (segment, sink, [("out_probseg", "probseg_template"), ("device_plan", "device_plan")]),
         (timings, sink, [("timings", "timings")]),
         (preproc, qc, [(po + "clamped", "in_ct"), (po + "brain_mask", "brain_mask"),
-                       (po + "similarity", "similarity"), (po + "template_ct", "registered")]),
+                       (po + "similarity", "similarity"), (po + "coverage", "coverage"),
+                       (po + "template_ct", "registered")]),
         (native, qc, [("out_mask", "hemorrhage_mask"), ("volume_ml", "hemorrhage_volume_ml")]),
         (qc, sink, [("qc", "qc")]),
     ])
