@@ -115,17 +115,73 @@ def test_mosaic_panels_edges_and_labels():
     assert np.array_equal(shown[-1, -1], rgb[0, 0])
 
 
-def test_warm_imports_start_after_the_registration_not_during_it():
-    """The imports hold the GIL: they must not run during the registration's start search."""
+def test_warm_imports_wait_for_the_registration_child_process():
+    """The imports start once the registration's child process runs, not during its start search."""
+    import subprocess
+    import sys
+    import time
     from types import SimpleNamespace
 
-    from deepbleed_bids.execution import warm_imports_callback
+    from deepbleed_bids.execution import has_child_process, wait_for_child_process, warm_imports_callback
 
-    callback = warm_imports_callback(modules=("colorsys",))
+    if has_child_process() is None:
+        pytest.skip("no /proc/self/task/*/children on this system")
+    if has_child_process():
+        pytest.skip("this test process already runs a child process (another fixture's)")
+    start = time.monotonic()
+    assert wait_for_child_process(timeout=0.3) is False and time.monotonic() - start >= 0.3
+    name = "colorsys"  # a small standard module, re-imported harmlessly
+    sys.modules.pop(name, None)
+    callback = warm_imports_callback(modules=(name,))
     callback(SimpleNamespace(name="register"), "start")
-    assert callback.threads == []
-    callback(SimpleNamespace(name="register"), "end")
-    assert len(callback.threads) == 1
-    callback(SimpleNamespace(name="segment"), "start")
-    assert len(callback.threads) == 1
-    callback.threads[0].join(30)
+    time.sleep(0.5)
+    assert name not in sys.modules  # still waiting: no child process yet
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        callback.threads[0].join(20)
+        assert name in sys.modules
+    finally:
+        child.wait()
+
+
+def test_nodes_after_the_registration_wait_for_the_warm_imports():
+    """A node starting while the imports run waits for them: two threads importing one
+    package at once left TensorFlow half initialised in a participant run."""
+    import sys
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from deepbleed_bids import execution
+
+    name = "deepbleed_bids_slow_test_module"
+    release = threading.Event()
+
+    class Finder:
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != name:
+                return None
+            import importlib.util
+
+            class Loader:
+                def create_module(self, spec):
+                    return None
+
+                def exec_module(self, module):
+                    release.wait(5)
+
+            return importlib.util.spec_from_loader(fullname, Loader())
+
+    sys.meta_path.insert(0, Finder())
+    try:
+        callback = execution.warm_imports_callback(modules=(name,))
+        callback.threads.append(execution.warm_imports((name,)))  # as if started by the registration
+        timer = threading.Timer(0.5, release.set)
+        timer.start()
+        start = time.monotonic()
+        callback(SimpleNamespace(name="segment"), "start")
+        assert time.monotonic() - start >= 0.4 and not callback.threads[0].is_alive()
+        assert name in sys.modules
+    finally:
+        sys.meta_path.pop(0)
+        sys.modules.pop(name, None)
