@@ -12,7 +12,6 @@ The published weights are not bundled (large; CC BY-NC-ND 4.0): pooch downloads 
 ``$DEEPBLEED_HOME`` (default: the per-user cache folder). A file already there is used
 as is, so a cache filled by ``deepbleed-bids fetch weights`` runs offline.
 """
-import hashlib
 import lzma
 import os
 import shutil
@@ -22,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import AssetError
+from .utils import sha256_file
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -129,14 +129,6 @@ def _retrieve(url, sha256, relpath, what, how):
     return Path(path)
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def bundled(asset):
     """Path of a file shipped in the package (``TEMPLATE``, ``EXAMPLE_CT``), its sha256 checked."""
     path = DATA / asset["path"]
@@ -144,7 +136,7 @@ def bundled(asset):
         raise AssetError(f"{asset['name']} is missing from this installation (expected {path}); "
                          f"reinstall deepbleed-bids (pip install --force-reinstall deepbleed-bids), "
                          f"or {asset['instead']}.")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != asset["sha256"]:
         raise AssetError(f"{asset['name']} at {path} is damaged: its sha256 is {digest}, not the pinned "
                          f"{asset['sha256']}; reinstall deepbleed-bids, or {asset['instead']}.")
@@ -178,7 +170,7 @@ def _holds_example(folder):
     """True if ``folder`` holds exactly the example's DICOM files, each with its pinned sha256."""
     members = EXAMPLE_CT["members"]
     found = {p.name: p for p in Path(folder).iterdir()}
-    return set(found) == set(members) and all(_sha256(found[n]) == sha for n, sha in members.items())
+    return set(found) == set(members) and all(sha256_file(found[n]) == sha for n, sha in members.items())
 
 
 def unpack_example_ct(dest):
@@ -207,7 +199,7 @@ def unpack_example_ct(dest):
                     raise AssetError(f"{archive}: unexpected entry {member.name!r}; reinstall deepbleed-bids.")
                 with tar.extractfile(member) as src, open(staging / name, "wb") as out:
                     shutil.copyfileobj(src, out)
-                if _sha256(staging / name) != members[name]:
+                if sha256_file(staging / name) != members[name]:
                     raise AssetError(f"{archive}: {name} does not match its pinned sha256; reinstall deepbleed-bids.")
                 written.add(name)
         if written != set(members):
@@ -238,7 +230,7 @@ def pack_example_ct(src_dir, dest):
 
     src_dir = Path(src_dir)
     for name, sha in EXAMPLE_CT["members"].items():
-        if not (src_dir / name).is_file() or _sha256(src_dir / name) != sha:
+        if not (src_dir / name).is_file() or sha256_file(src_dir / name) != sha:
             raise AssetError(f"{src_dir / name} is missing or is not the pinned example file (sha256 {sha}).")
     with atomic_path(dest) as tmp:
         with lzma.open(tmp, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=9) as xz, \

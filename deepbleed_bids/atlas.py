@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .nifti import voxel_volume_ml
-from .utils import ants_seed
+from .utils import ants_seed, sha256_file
 
 ATLAS_DIR = Path(__file__).parent / "data" / "atlas"
 ATLAS_FILE = ATLAS_DIR / "tpl-DeepBleedCT_atlas-BLASTCT_dseg.nii.gz"
@@ -175,7 +175,7 @@ def register_atlas(source_dir, template_path, out_dir=ATLAS_DIR, seed=1):
     vent = labels == VENTRICLE_LABEL
     record = {
         "Description": "BLAST-CT 31-region atlas registered onto the DeepBleed CT template grid",
-        "Sources": [SOURCE, f"template sha256 {_sha256(template_path)}"],
+        "Sources": [SOURCE, f"template sha256 {sha256_file(template_path)}"],
         "License": "Apache-2.0 (see LICENSE-BLAST-CT.txt); modified: registered and resampled",
         "Registration": {"Software": f"ANTs (antspyx {getattr(ants, '__version__', '?')})",
                          "Type": "SyN (affine + deformable)", "Metric": "meansquares",
@@ -194,12 +194,6 @@ def register_atlas(source_dir, template_path, out_dir=ATLAS_DIR, seed=1):
     if license_src.is_file():
         write_text_atomic(LICENSE_HEADER + license_src.read_text(), out_dir / "LICENSE-BLAST-CT.txt")
     return record
-
-
-def _sha256(path):
-    from .model.weights import sha256_file
-
-    return sha256_file(path)
 
 
 if __name__ == "__main__":

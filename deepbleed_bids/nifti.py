@@ -5,6 +5,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from .errors import InputError
 from .utils import atomic_path
 
 
@@ -81,3 +82,28 @@ def save_atomic(img, path):
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
     return Path(path)
+
+
+SHEAR_TOL = 1e-3  # cosine between voxel axes (0.06 deg)
+
+
+def check_affine(img, path=None):
+    """InputError unless the voxel axes are orthogonal (no shear) and non-degenerate."""
+    where = str(path) if path is not None else "image"
+    rzs = np.asarray(img.affine if img.affine is not None else img.header.get_best_affine(), float)[:3, :3]
+    zooms = np.linalg.norm(rzs, axis=0)
+    if not np.all(np.isfinite(rzs)) or np.any(zooms < 1e-6):
+        raise InputError(
+            f"{where}: the voxel-to-world affine is degenerate (voxel sizes "
+            f"{tuple(round(float(z), 4) for z in zooms)} mm). "
+            "Convert the DICOM series again with `deepbleed-bids dicom2bids` (dcm2niix).")
+    cosines = (rzs / zooms).T @ (rzs / zooms) - np.eye(3)
+    worst = np.unravel_index(np.argmax(np.abs(cosines)), cosines.shape)
+    if abs(cosines[worst]) > SHEAR_TOL:
+        angle = np.degrees(np.arccos(np.clip(cosines[worst], -1, 1)))
+        raise InputError(
+            f"{where}: the voxel axes are not orthogonal (sheared affine: voxel axes {worst[0]} and "
+            f"{worst[1]} meet at {angle:.1f} deg instead of 90). This is how dcm2niix stores a CT "
+            "acquired with gantry tilt when tilt correction is off; ITK/ANTs cannot represent it and "
+            "would place the head wrongly. Use dcm2niix's tilt-corrected output (the `*_Tilt_*` "
+            "image) or convert the DICOM series with `deepbleed-bids dicom2bids`.")

@@ -33,7 +33,7 @@ def check_image(source, skull_stripped=False):
 
     skull_stripped: the user's --skull-stripped (True), else detected (None)."""
     from .ct import check_hounsfield, read_ct
-    from .registration import check_affine
+    from .nifti import check_affine
 
     check_name(source["relpath"])
     img, data = read_ct(source["path"])

@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
-from .nifti import like, voxel_volume_ml
+from .nifti import check_affine, like, voxel_volume_ml  # noqa: F401 (registration.check_affine)
 from .template import ORIGIN as TEMPLATE_ORIGIN  # noqa: F401 (registration.TEMPLATE_ORIGIN)
 from .template import SHAPE as TEMPLATE_SHAPE  # noqa: F401
 from .template import ZOOMS as TEMPLATE_ZOOMS
@@ -96,7 +96,6 @@ SINGLE_START = {"metric": "mattes", "bins": MI_BINS, "sampling_rate": SAMPLING_R
                 "smoothing_mm": SMOOTHING_MM}
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_SHEAR_TOL = 1e-3               # cosine between voxel axes (0.06 deg)
 
 
 def _name(path, default):
@@ -110,27 +109,6 @@ def _fmt(values, digits=4):
 def _affine(img):
     """The image's voxel-to-RAS affine; nibabel leaves .affine None for images built from a header."""
     return np.asarray(img.affine if img.affine is not None else img.header.get_best_affine(), float)
-
-
-def check_affine(img, path=None):
-    """InputError unless the voxel axes are orthogonal (no shear) and non-degenerate."""
-    where = _name(path, "image")
-    rzs = _affine(img)[:3, :3]
-    zooms = np.linalg.norm(rzs, axis=0)
-    if not np.all(np.isfinite(rzs)) or np.any(zooms < 1e-6):
-        raise InputError(
-            f"{where}: the voxel-to-world affine is degenerate (voxel sizes {_fmt(zooms)} mm). "
-            "Convert the DICOM series again with `deepbleed-bids dicom2bids` (dcm2niix).")
-    cosines = (rzs / zooms).T @ (rzs / zooms) - np.eye(3)
-    worst = np.unravel_index(np.argmax(np.abs(cosines)), cosines.shape)
-    if abs(cosines[worst]) > _SHEAR_TOL:
-        angle = np.degrees(np.arccos(np.clip(cosines[worst], -1, 1)))
-        raise InputError(
-            f"{where}: the voxel axes are not orthogonal (sheared affine: voxel axes {worst[0]} and "
-            f"{worst[1]} meet at {angle:.1f} deg instead of 90). This is how dcm2niix stores a CT "
-            "acquired with gantry tilt when tilt correction is off; ITK/ANTs cannot represent it and "
-            "would place the head wrongly. Use dcm2niix's tilt-corrected output (the `*_Tilt_*` "
-            "image) or convert the DICOM series with `deepbleed-bids dicom2bids`.")
 
 
 # ------------------------------------------------------------------ conversion

@@ -48,7 +48,7 @@ def check_dirs(config):
 def resolve_assets(config):
     """Template and model: resolved once, before nipype runs, so failures are clear.
     Returns the Config fields they fill: template, template_sha256, model_spec."""
-    from .model.weights import sha256_file
+    from .utils import sha256_file
     from .model.zoo import resolve_model
     from .template import resolve_template
 

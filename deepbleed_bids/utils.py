@@ -19,6 +19,17 @@ def _file_mode():
     return 0o666 & ~umask
 
 
+def sha256_file(path, chunk=1 << 20):
+    """sha256 of a file's bytes, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fobj:
+        for block in iter(lambda: fobj.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextmanager
 def ants_seed(seed):
     """Seed ANTs registrations run inside the block. antspyx ignores a ``random_seed``

@@ -16,18 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from ..utils import atomic_path
+from ..utils import atomic_path, sha256_file  # noqa: F401 (weights.sha256_file)
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _IGNORED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "optimizer", "keras_api")
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fobj:
-        for block in iter(lambda: fobj.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_files(prefix):

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..utils import atomic_path, write_json_atomic
-from ..model.weights import sha256_file
+from ..utils import sha256_file
 
 DEFAULT_LICENSE = "same terms as your training data; the code is Apache-2.0"
 
