@@ -219,3 +219,22 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def run_bids_app(bids, out, *args, level="participant", model="synthetic-demo", home=None,
+                 env=None, timeout=1800, **kwargs):
+    """``run.py bids out level --model model *args`` in a new process, as users run it.
+
+    A separate process also because nipype's MultiProc forks its workers, and a fork of a
+    test process whose TensorFlow threads already run can hang. ``home``: DEEPBLEED_HOME;
+    ``model=None`` leaves --model out. Returns the CompletedProcess (text output).
+    """
+    import sys
+
+    env = dict(os.environ if env is None else env)
+    if home is not None:
+        env["DEEPBLEED_HOME"] = str(home)
+    cmd = [sys.executable, str(_TOP / "run.py"), str(bids), str(out), level]
+    cmd += ["--model", str(model)] if model is not None else []
+    return subprocess.run(cmd + [str(a) for a in args], env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)

@@ -16,12 +16,8 @@ network input, and its mask must find the inserted hematoma. Every run also
 passes ``--bids-filter-file``: the filtered-out session must not be processed.
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -30,11 +26,10 @@ import pytest
 from deepbleed_bids import synth
 from deepbleed_bids.metrics import dice
 from deepbleed_bids.model.weights import sha256_file, weights_sha256
-from deepbleed_bids.testing import write_bids_dataset
+from deepbleed_bids.testing import run_bids_app, write_bids_dataset
 
 from test_vnet import _write_checkpoint  # the published object graph from tf.Module objects
 
-RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 FORMS = ("zip", "folder", "renamed")
 CT = "sub-01/ses-1/ct/sub-01_ses-1_ct.nii.gz"
 EXCLUDED = "sub-01/ses-2/ct/sub-01_ses-2_ct.nii.gz"
@@ -87,14 +82,11 @@ def runs(head_and_brain, asset_home, tmp_path_factory):
     filters.write_text(json.dumps({"ct": {"session": "1"}}))
     spec, variables = _demo_variables()
     models = _checkpoint_forms(root, variables)
-    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
     outs = {}
     for form in FORMS:
         out = root / f"out-{form}"
-        proc = subprocess.run(
-            [sys.executable, str(RUN_PY), str(bids), str(out), "participant", "--model", str(models[form]),
-             "--bids-filter-file", str(filters), "--work-dir", str(root / "work"), "--nprocs", "2"],
-            env=env, capture_output=True, text=True, timeout=1200)
+        proc = run_bids_app(bids, out, "--bids-filter-file", filters, "--work-dir", root / "work",
+                            "--nprocs", "2", model=models[form], home=asset_home)
         assert proc.returncode == 0, f"{form}: {proc.stderr[-3000:]}"
         outs[form] = out
     return {"outs": outs, "models": models, "truth": truth, "info": info, "spec": spec}

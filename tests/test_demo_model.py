@@ -5,10 +5,6 @@ drew their shape seeds uniformly from [0, 2^31) and none is below 1000, so these
 their volumes (25 and 40 mL) and places were never seen in training.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -17,9 +13,8 @@ import pytest
 from deepbleed_bids import synth
 from deepbleed_bids.metrics import dice
 from deepbleed_bids.model.zoo import bundled_models, resolve_model
-from deepbleed_bids.testing import write_bids_dataset
+from deepbleed_bids.testing import run_bids_app, write_bids_dataset
 
-RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 CASES = {"deep": (25.0, "deep", 7), "lobar": (40.0, "lobar", 13)}
 
 
@@ -37,12 +32,7 @@ def demo_run(ge_head, head_and_brain, asset_home, tmp_path_factory):
         truths[name] = (truth, info)
     bids = write_bids_dataset(root / "bids", images)
     out_dir = root / "out"
-    # a separate process, as users run it: nipype's MultiProc forks its workers, and a
-    # fork of a test process whose TensorFlow threads already run (earlier tests) can hang
-    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
-    proc = subprocess.run([sys.executable, str(RUN_PY), str(bids), str(out_dir), "participant",
-                           "--model", "synthetic-demo", "--work-dir", str(root / "work"), "--nprocs", "2"],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = run_bids_app(bids, out_dir, "--work-dir", root / "work", "--nprocs", "2", home=asset_home)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out_dir, truths
 

@@ -6,7 +6,6 @@ highdicom and pydicom and validated with dciodvfy (dicom3tools). One run.py
 end-to-end test uses the bundled synthetic-demo model.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,8 @@ from deepbleed_bids.dicom import seg as S
 from deepbleed_bids.dicom.results import BIDSIGNORE, dicom_paths, record, wanted, write_dicom
 from deepbleed_bids.dicom.sources import find_source
 from deepbleed_bids.dicom.sr import read_report
+from deepbleed_bids.testing import run_bids_app
 
-RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 GE_REL = "sub-ge/ct/sub-ge_acq-soft_ct.nii.gz"
 PH_REL = "sub-phantom/ct/sub-phantom_acq-soft_ct.nii.gz"
 
@@ -363,10 +362,7 @@ def test_run_py_writes_dicom_for_a_dicom2bids_dataset(bids, head_and_brain, asse
     with_bleed, _, _ = synth.insert_hematoma(img, brain, 30.0, rng=np.random.default_rng(7), location="deep")
     nib.Nifti1Image(np.asanyarray(with_bleed.dataobj), img.affine, img.header).to_filename(root / GE_REL)
     out = tmp_path / "out"
-    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
-    proc = subprocess.run([sys.executable, str(RUN_PY), str(root), str(out), "participant",
-                           "--model", "synthetic-demo", "--work-dir", str(tmp_path / "work"), "--nprocs", "2"],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = run_bids_app(root, out, "--work-dir", tmp_path / "work", "--nprocs", "2", home=asset_home)
     assert proc.returncode == 0, proc.stderr[-3000:]
     planned = plan_outputs(out, GE_REL)
     meta = json.loads(Path(str(planned["hemorrhage_mask"]).replace(".nii.gz", ".json")).read_text())

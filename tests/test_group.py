@@ -7,11 +7,8 @@ real GE head with synthetic hematomas of known, changing volume: 2 participants 
 network-independent measure (hyperdensity estimate) is checked against the truth too.
 """
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from io import BytesIO
@@ -26,9 +23,8 @@ from deepbleed_bids import group as G
 from deepbleed_bids.cli.run import main
 from deepbleed_bids.nifti import like
 from deepbleed_bids.synth import insert_hematoma
-from deepbleed_bids.testing import not_a_brain, write_bids_dataset
+from deepbleed_bids.testing import not_a_brain, run_bids_app, write_bids_dataset
 
-RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 # participant: (location, seed, volumes per session); sub-01 grows, sub-02 is operated on
 PLAN = {"01": ("deep", 3, [20.0, 32.0]), "02": ("lobar", 5, [40.0, 10.0])}
 TIMES = {"sub-01/ses-1": "2021-03-04T22:10:00", "sub-01/ses-2": "2021-03-05T06:10:00"}
@@ -170,10 +166,8 @@ def cohort(head_and_brain, asset_home, tmp_path_factory):
     (bids / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tgcs\nses-1\t9\nses-2\t4\n")  # ICH score
     model = "synthetic-demo"
     out = tmp / "out"
-    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
-    proc = subprocess.run([sys.executable, str(RUN_PY), str(bids), str(out), "participant", "--model", model,
-                           "--participant-label", "01", "02", "--nprocs", "2", "--omp-nthreads", "1",
-                           "--work-dir", str(tmp / "work")], env=env, capture_output=True, text=True)
+    proc = run_bids_app(bids, out, "--participant-label", "01", "02", "--nprocs", "2",
+                        "--omp-nthreads", "1", "--work-dir", tmp / "work", model=model, home=asset_home)
     assert proc.returncode == 1 and f"FAILED  {FAILING}" in proc.stderr, proc.stderr[-3000:]
     refs = tmp / "refs"
     for rel, mask in masks.items():
@@ -182,7 +176,7 @@ def cohort(head_and_brain, asset_home, tmp_path_factory):
         nib.save(like(mask, images[rel], dtype=np.uint8), target)
     code = main([str(bids), str(out), "group", "--group-by", "arm", "--reference-masks", str(refs)])
     return {"tmp": tmp, "bids": bids, "out": out, "truth": truth, "code": code,
-            "stderr": proc.stderr, "env": env}
+            "stderr": proc.stderr}
 
 
 def _sidecar(out, rel):

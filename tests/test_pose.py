@@ -9,10 +9,6 @@ network 2-3 % of its volume; so the resampled copy is compared with the regridde
 (the pose) and, more loosely, with the original (pose and resampling).
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -21,9 +17,8 @@ from scipy.spatial.transform import Rotation
 
 from deepbleed_bids import synth
 from deepbleed_bids.model.zoo import bundled_models
-from deepbleed_bids.testing import write_bids_dataset
+from deepbleed_bids.testing import run_bids_app, write_bids_dataset
 
-RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 # (Euler xyz degrees, shift mm): rotations of 25-27 deg in all, shifts of 20-25 mm
 POSES = {"affine": ((15.0, -12.0, 18.0), (12.0, -15.0, 8.0)),
          "resampled": ((-18.0, 10.0, -14.0), (-10.0, 14.0, -16.0))}
@@ -67,10 +62,7 @@ def pose_run(head_and_brain, asset_home, tmp_path_factory):
               "sub-thick/ct/sub-thick_ct.nii.gz": synth.reslice(head, slice_mm=7.0)[0]}
     bids = write_bids_dataset(root / "bids", images)
     out_dir = root / "out"
-    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
-    proc = subprocess.run([sys.executable, str(RUN_PY), str(bids), str(out_dir), "participant",
-                           "--model", "synthetic-demo", "--work-dir", str(root / "work"), "--nprocs", "2"],
-                          env=env, capture_output=True, text=True, timeout=1800)
+    proc = run_bids_app(bids, out_dir, "--work-dir", root / "work", "--nprocs", "2", home=asset_home)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sidecars = {}
     for name in ("original", "regrid", "thick", *POSES):

@@ -1,5 +1,7 @@
 """Registration and resampling between the real GE head and the DeepBleed template grid."""
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -268,20 +270,26 @@ def test_registration_aligns_the_brain(brain_img, template, registered, tmp_path
 
 
 def test_registration_recovers_pose_not_header(brain_img, template, registered, tmp_path):
-    """Move the head in world space (affine only): the template pose must not change."""
+    """Move the head in world space (affine only): the template pose must not change.
+
+    The registration is exactly pose-equivariant (same voxels, same pose relative to the
+    head). An ANTs stage after it (``fine="ants"``) is not: its optimizer stops where a
+    convergence window says so on a flat optimum (measured on the GE head: 1.0 mm mean,
+    2.0 mm at worst for this motion, on some CPUs).
+    """
     centre = _centroid_ras(brain_img)
     motion = np.eye(4)
     axis = np.array([0.6, 0.3, 0.74]) / np.linalg.norm([0.6, 0.3, 0.74])
     motion[:3, :3] = Rotation.from_rotvec(np.deg2rad(8.0) * axis).as_matrix()
     motion[:3, 3] = centre - motion[:3, :3] @ centre + [6.0, -6.0, 5.3]   # 10 mm
     moved = nib.Nifti1Image(np.asanyarray(brain_img.dataobj), motion @ brain_img.affine)
-    again = reg.register_rigid(moved, template, str(tmp_path / "moved_"))
+    again = reg.register_rigid(moved, template, str(tmp_path / "moved_"), threads=2)
 
     first = reg._matrix(registered["transform"])
     second = reg._matrix(again["transform"])
     mean, worst = _disp_mm(second, LPS @ motion @ LPS @ first, template)
-    print(f"pose recovery: mean {mean:.2f} mm, max {worst:.2f} mm")
-    assert worst < 1.0
+    print(f"pose recovery: mean {mean:.4f} mm, max {worst:.4f} mm")
+    assert worst < 0.01
     # and the header motion really was large
     assert _disp_mm(second, first, template)[0] > 8.0
 
@@ -396,13 +404,8 @@ def posed_run(head_and_brain, asset_home, tmp_path_factory):
     """run.py participant (synthetic-demo model) on the real head with a 30 mL hematoma,
     its copy brain-extracted and zeroed outside the brain, and a re-posed copy (header
     moved by 25-30 deg and 30 mm: the voxels are the same, only registration differs)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from deepbleed_bids import synth
-    from deepbleed_bids.testing import write_bids_dataset
+    from deepbleed_bids.testing import run_bids_app, write_bids_dataset
 
     img, brain = head_and_brain
     ich, truth, _ = synth.insert_hematoma(img, brain, 30.0, rng=np.random.default_rng(7),
@@ -419,11 +422,8 @@ def posed_run(head_and_brain, asset_home, tmp_path_factory):
     bids = write_bids_dataset(root / "bids", {"sub-raw/ct/sub-raw_ct.nii.gz": ich,
                                               "sub-stripped/ct/sub-stripped_ct.nii.gz": stripped,
                                               "sub-posed/ct/sub-posed_ct.nii.gz": posed})
-    run_py = Path(__file__).resolve().parent.parent / "run.py"
-    env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
-    proc = subprocess.run([sys.executable, str(run_py), str(bids), str(root / "out"), "participant",
-                           "--model", "synthetic-demo", "--work-dir", str(root / "work"),
-                           "--nprocs", "2"], env=env, capture_output=True, text=True, timeout=1800)
+    proc = run_bids_app(bids, root / "out", "--work-dir", root / "work", "--nprocs", "2",
+                        home=asset_home)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
@@ -449,3 +449,13 @@ def test_reposed_copy_gives_the_same_volumes(posed_run):
     for sidecar in (raw, posed):
         assert sidecar["RegistrationStart"] and sidecar["RegistrationStartScore"] > 0
         assert "registration" not in sidecar["QC"]["Flags"]
+
+
+def test_optional_ants_fine_stage(brain_img, template, registered, tmp_path):
+    """fine="ants" (benchmarks/bench_registration.py's "search+ants"): ANTs Mattes MI from the
+    search's pose, one ITK thread, recorded in the parameters; the brain stays aligned."""
+    res = reg.register_rigid(brain_img, template, str(tmp_path / "ants_"), fine="ants", threads=2)
+    assert res["params"]["fine"]["metric"] == "mattes" and res["params"]["fine"]["threads"] == 1
+    assert res["params"]["ants_cpu_s"] > 0 and "fine" not in registered["params"]
+    assert res["similarity"] > 0.3 and res["overlap"] > 0.8 and res["coverage"] > 0.99
+    assert Path(res["transform"]).is_file()

@@ -115,33 +115,24 @@ def test_mosaic_panels_edges_and_labels():
     assert np.array_equal(shown[-1, -1], rgb[0, 0])
 
 
-def test_warm_imports_wait_for_the_registration_child_process():
-    """The imports start once the registration's child process runs, not during its start search."""
-    import subprocess
+def test_warm_imports_start_with_the_registration():
+    """The imports start when the registration node starts, once, on a background thread."""
     import sys
-    import time
     from types import SimpleNamespace
 
-    from deepbleed_bids.execution import has_child_process, wait_for_child_process, warm_imports_callback
+    from deepbleed_bids.execution import warm_imports_callback
 
-    if has_child_process() is None:
-        pytest.skip("no /proc/self/task/*/children on this system")
-    if has_child_process():
-        pytest.skip("this test process already runs a child process (another fixture's)")
-    start = time.monotonic()
-    assert wait_for_child_process(timeout=0.3) is False and time.monotonic() - start >= 0.3
     name = "colorsys"  # a small standard module, re-imported harmlessly
     sys.modules.pop(name, None)
     callback = warm_imports_callback(modules=(name,))
+    callback(SimpleNamespace(name="brain_extraction"), "start")
+    assert not callback.threads and name not in sys.modules
     callback(SimpleNamespace(name="register"), "start")
-    time.sleep(0.5)
-    assert name not in sys.modules  # still waiting: no child process yet
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
-    try:
-        callback.threads[0].join(20)
-        assert name in sys.modules
-    finally:
-        child.wait()
+    assert len(callback.threads) == 1
+    callback.threads[0].join(20)
+    assert name in sys.modules
+    callback(SimpleNamespace(name="register"), "end")
+    assert len(callback.threads) == 1
 
 
 def test_nodes_after_the_registration_wait_for_the_warm_imports():
