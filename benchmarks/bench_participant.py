@@ -38,8 +38,8 @@ THROUGHPUT: ``--throughput-images`` copies of the head, three runs, images per h
   issue #13's target (>= 1.7x) is this one: it fails when processes oversubscribe
   the cores or serialise on something. "core lab" = B / C: on the same machine, two
   images at a time vs one image using every core, which is the choice a core lab
-  makes; it is > 1 because several steps (registration, for reproducibility; brain
-  extraction; most of the analyses) run on one thread whatever --omp-nthreads says.
+  makes; it is > 1 because several steps (brain extraction, most of the analyses) run
+  on one thread whatever --omp-nthreads says.
 
 ``--quick``: the synthetic-demo model instead of the published-size one, 2 throughput
 images, 100 group CTs (checks that every part works; the numbers are not the README's).
@@ -198,8 +198,7 @@ def main():
     report["stage_sum_s"] = round(total, 2)
     report["stage_sum_cpu_s"] = round(sum(c for n, _, c, _ in rows if n in SUM_STAGES), 2)
     search = reg["params"].get("global_search") or {}
-    print(f"registration: global start search {search.get('seconds', 0):.1f} s (in this process), "
-          f"ANTs child process {reg['params'].get('child_cpu_s', 0):.1f} CPU s")
+    print(f"registration: global search {search.get('seconds', 0):.1f} s on {reg_threads} thread(s)")
     report["registration_threads"] = reg_threads
 
     if "precision" not in args.skip:

@@ -7,7 +7,7 @@ NIfTI reader, which may choose qform or sform differently from nibabel. Every
 output is built from the reference's own affine and header, so its qform and
 sform are the reference's.
 
-Registration (issue 10, issue 13 point 2): a numpy global search and refinement.
+Registration (issue 10, issue 13 point 2): a numpy global search, then ANTs.
 
 * Global start: 125 rotations (-40..40 deg in 20 deg steps about each axis)
   around the principal-axes pose (the search moves with the scan: pose
@@ -21,16 +21,21 @@ Registration (issue 10, issue 13 point 2): a numpy global search and refinement.
   brain-extracted CT 0 elsewhere, and 0 outside the scanned field of view too
   (ITK's metrics skip such points, which let a cut scan slide 9-23 mm: see
   _Level.score).
-* It runs on the threads it is given (scores and refinements side by side;
-  scipy's interpolation releases the GIL) and gives the same bits with any
-  number of them: each score is computed alone, single-threaded, with float64
-  sums in a fixed order and regular sampling. Moving the header moves the
-  result exactly with it.
-* No ANTs stage by default (``fine="ants"`` adds one: Mattes MI at 3 mm in a
-  child process with one ITK thread). Its optimizer stops where a convergence
-  window says so on a flat optimum: a 1e-9 change of the GE head's header moved
-  its end point by 0.57 mm, an 8 deg / 10 mm header motion by 1.0 mm (2.0 mm at
-  worst), and it did worse than the search alone in benchmarks/bench_registration.py.
+* The search runs on the threads it is given (scores and refinements side by
+  side; scipy's interpolation releases the GIL) and gives the same bits with
+  any number of them: each score is computed alone, single-threaded, with
+  float64 sums in a fixed order and regular sampling; moving the header moves
+  its result exactly with it.
+* Fine stage (``FINE``): ANTs Mattes MI at 3 mm from the search's pose, in a
+  child process with one ITK thread (multi-threaded ITK sums moved the result
+  by 0.36 mm between thread counts): the same transform on every re-run and for
+  any thread count. Why keep ANTs: the Pearson optimum follows the brain's
+  outline; on the GE head it sat 10 deg of pitch from where MI lands, and the
+  ventricle prior carried with it put 16 of 25 synthetic IVH volumes within
+  target instead of 22 (benchmarks/bench_ivh_uncertainty.py). Its cost: ANTs'
+  optimizer stops on a flat optimum where its convergence window fires, so a
+  1e-9 change of the header moved its end point by 0.57 mm, an 8 deg / 10 mm
+  header motion by 1.0 mm (2.0 mm at worst), and results differ between CPUs.
 
 ``search=False`` keeps the former single start (principal axes, then ANTs
 Mattes MI at 6-3-1.5 mm in a child process: ITK reads
@@ -433,7 +438,7 @@ def _centre_ras(mask, affine):
     return affine[:3, :3] @ ijk.mean(axis=1) + affine[:3, 3]
 
 
-def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True, fine=None):
+def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True, fine="ants"):
     """Rigidly register a brain-extracted CT (0 outside the brain) to the template.
 
     Writes ``out_prefix + "0GenericAffine.mat"`` (ITK, template points -> native
@@ -445,9 +450,9 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True,
     ``threads`` threads, the same pose whatever their number (params["global_search"]: the
     winning start, its scores, how far the runner-up start landed, the time).
     search=False: the former single principal-axes start and ANTs at 6-3-1.5 mm.
-    fine=None (default): the search's pose as it is (no ANTs: deterministic and exactly
-    pose-equivariant). fine="ants": then ANTs Mattes MI (:data:`FINE`) from that pose, in a
-    child process with one ITK thread (kept for benchmarks/bench_registration.py).
+    fine="ants" (default): then ANTs Mattes MI (:data:`FINE`) from the search's pose, in a
+    child process with one ITK thread; fine=None: the search's pose as it is (no ANTs:
+    exactly pose-equivariant, but see the module docstring).
     """
     check_affine(moving)
     check_template_grid(template)

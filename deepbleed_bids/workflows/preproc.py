@@ -20,9 +20,10 @@ def init_preproc_wf(in_file, template, brain_extraction="native", seed=1, omp_nt
         "coverage", "registration", "brain_info", "clamp_s", "brain_s", "register_s"]), name="outputnode")
     clamp = pe.Node(ClampCT(in_file=in_file, skull_stripped=bool(skull_stripped)), name="clamp")
     brain_wf = init_brain_extraction_wf(method=brain_extraction, omp_nthreads=omp_nthreads)
-    # The registration sums in a fixed order: the same transform whatever the thread count.
+    # The registration scores poses on omp_nthreads threads, each score summed alone in a
+    # fixed order: the same transform whatever the thread count.
     register = pe.Node(RigidRegistration(template=template, seed=seed, num_threads=omp_nthreads),
-                       name="register", mem_gb=1.0)
+                       name="register", n_procs=omp_nthreads, mem_gb=1.0)
     wf.connect([
         (clamp, brain_wf, [("out_file", "inputnode.in_file"), ("hu_stats", "inputnode.hu_stats")]),
         (brain_wf, register, [("outputnode.out_file", "in_file")]),
