@@ -91,6 +91,25 @@ def load_average():
         return (float("nan"),) * 3
 
 
+def registration_threads_check(brain, template, reg, threads, tmp):
+    """Issue 13 point 2: the registration again on 1 thread (and on ``threads`` if that is 1,
+    on 2): its seconds and whether the transform is the same bits."""
+    import numpy as np
+
+    from deepbleed_bids.registration import _matrix, register_rigid
+
+    other = 1 if threads > 1 else 2
+    start = time.perf_counter()
+    again = register_rigid(brain, template, str(tmp / f"reg{other}_"), threads=other)
+    seconds = time.perf_counter() - start
+    same = bool(np.array_equal(_matrix(again["transform"]), _matrix(reg["transform"])))
+    out = {"threads": other, "seconds": round(seconds, 2), "identical_transform": same,
+           "seconds_at_workflow_threads": reg["params"]["seconds"]}
+    print(f"registration on {other} thread(s): {seconds:.2f} s (on {threads}: "
+          f"{reg['params']['seconds']:.2f} s); same transform: {same}")
+    return out
+
+
 def workflow_registration_threads(head, template, omp_nthreads):
     """The thread count init_preproc_wf gives the registration for --omp-nthreads."""
     from deepbleed_bids.workflows.preproc import init_preproc_wf
@@ -198,8 +217,10 @@ def main():
     report["stage_sum_s"] = round(total, 2)
     report["stage_sum_cpu_s"] = round(sum(c for n, _, c, _ in rows if n in SUM_STAGES), 2)
     search = reg["params"].get("global_search") or {}
-    print(f"registration: global search {search.get('seconds', 0):.1f} s on {reg_threads} thread(s)")
+    print(f"registration: global search {search.get('grid_seconds', 0):.1f} s, MI stage "
+          f"{search.get('mi_seconds', 0):.1f} s, on {reg_threads} thread(s)")
     report["registration_threads"] = reg_threads
+    report["registration_threads_check"] = registration_threads_check(brain, template, reg, reg_threads, tmp)
 
     if "precision" not in args.skip:
         report["precision"] = precision_table(args, net_in, template, vol)
@@ -496,6 +517,11 @@ def summary(report):
     if rep:
         print(f"report per CT            {rep['seconds']:8.2f} s   (target <= 2)")
     print(f"peak memory, one image   {e2e['peak_gb']:8.2f} GB  (target <= 3)")
+    chk = report.get("registration_threads_check")
+    if chk:
+        print(f"registration {report['registration_threads']} vs {chk['threads']} thread(s) "
+              f"{chk['seconds_at_workflow_threads']:.2f} vs {chk['seconds']:.2f} s; same transform: "
+              f"{chk['identical_transform']}")
     for row in (report.get("precision") or {}).get("rows", []):
         print(f"VNet forward {row['precision']:<5}       {row['forward_s']:8.2f} s   min Dice "
               f"{row['min_dice']:.4f}, max volume diff {row['max_volume_diff_pct']:.2f}% "
@@ -531,6 +557,11 @@ def markdown(report):
                      f"({e2e['ratio_core']:.2f} x the core stages; CPU time {e2e['cpu_s']:.0f} s, "
                      f"{e2e['ratio_cpu']:.2f} x the stages' CPU time) | <= 1.3 x |")
         lines.append(f"| peak memory of that run (largest process) | {e2e['peak_gb']:.2f} GB | <= 3 GB |")
+    chk = report.get("registration_threads_check")
+    if chk:
+        lines.append(f"| registration on {report['registration_threads']} vs {chk['threads']} thread(s) | "
+                     f"{chk['seconds_at_workflow_threads']:.2f} vs {chk['seconds']:.2f} s; same transform, "
+                     f"bit for bit: {'yes' if chk['identical_transform'] else 'NO'} | same transform |")
     if rep:
         lines.append(f"| participant report, per CT | {rep['seconds']:.2f} s ({rep['cpu_seconds']:.2f} CPU s) | <= 2 s |")
     if grp:

@@ -7,7 +7,8 @@ NIfTI reader, which may choose qform or sform differently from nibabel. Every
 output is built from the reference's own affine and header, so its qform and
 sform are the reference's.
 
-Registration (issue 10, issue 13 point 2): a numpy global search, then ANTs.
+Registration (issue 10, issue 13 point 2): a numpy global search, then mutual
+information, all in this process.
 
 * Global start: 125 rotations (-40..40 deg in 20 deg steps about each axis)
   around the principal-axes pose (the search moves with the scan: pose
@@ -15,27 +16,28 @@ Registration (issue 10, issue 13 point 2): a numpy global search, then ANTs.
   bottom has its brain's centre of mass displaced), about the brain centres of
   mass, scored on a 6 mm template grid; the 4 best distinct poses refined with
   Powell on that grid, the 2 best of those refined on a 3 mm grid (1/3 of its
-  points, regular sampling), the best polished on all 3 mm points.
-* Metric: Pearson r (ANTs' GC) of HU clipped to [0, 50] (a hematoma weighs no
-  more than grey matter) at template points within 10 mm of its brain, the
-  brain-extracted CT 0 elsewhere, and 0 outside the scanned field of view too
-  (ITK's metrics skip such points, which let a cut scan slide 9-23 mm: see
-  _Level.score).
-* The search runs on the threads it is given (scores and refinements side by
-  side; scipy's interpolation releases the GIL) and gives the same bits with
-  any number of them: each score is computed alone, single-threaded, with
-  float64 sums in a fixed order and regular sampling; moving the header moves
-  its result exactly with it.
-* Fine stage (``FINE``): ANTs Mattes MI at 3 mm from the search's pose, in a
-  child process with one ITK thread (multi-threaded ITK sums moved the result
-  by 0.36 mm between thread counts): the same transform on every re-run and for
-  any thread count. Why keep ANTs: the Pearson optimum follows the brain's
-  outline; on the GE head it sat 10 deg of pitch from where MI lands, and the
-  ventricle prior carried with it put 16 of 25 synthetic IVH volumes within
-  target instead of 22 (benchmarks/bench_ivh_uncertainty.py). Its cost: ANTs'
-  optimizer stops on a flat optimum where its convergence window fires, so a
-  1e-9 change of the header moved its end point by 0.57 mm, an 8 deg / 10 mm
-  header motion by 1.0 mm (2.0 mm at worst), and results differ between CPUs.
+  points, regular sampling), the best kept.
+* Search metric: Pearson r (ANTs' GC) of HU clipped to [0, 50] (a hematoma
+  weighs no more than grey matter) at template points within 10 mm of its
+  brain, the brain-extracted CT 0 elsewhere, and 0 outside the scanned field of
+  view too (ITK's metrics skip such points, which let a cut scan slide 9-23 mm:
+  see _Level.score).
+* Fine stage (``FINE_MI``, fine="mi"): Powell on mutual information of HU
+  (-20..100 HU, 32 bins, linear Parzen window: :class:`_MILevel`) at 6 then 3 mm.
+  The Pearson optimum follows the brain's outline: on the GE head it sat 10 deg
+  of pitch from where ANTs' Mattes MI lands, and the ventricle prior carried
+  with it put 16 of 25 synthetic IVH volumes within target instead of 22. The
+  MI stage lands 0.9 mm from ANTs' pose there.
+* Threads: poses are scored side by side and each MI score's interpolation is
+  split into 4 fixed chunks on the threads given (scipy's interpolation releases
+  the GIL); every sum runs alone in a fixed order, so the transform is the same
+  bits with any number of threads and on every re-run.
+* Why not ANTs for the fine stage (fine="ants" keeps it, for the benchmark):
+  its optimizer stops on a flat optimum wherever its convergence window fires
+  (a 1e-9 change of the GE head's header moved its end point by 0.57 mm, an
+  8 deg / 10 mm header motion by 1.0 mm), its results differ between CPUs, its
+  multi-threaded sums differ between thread counts (0.36 mm), and it needs a
+  child process (ITK reads its thread count once per process).
 
 ``search=False`` keeps the former single start (principal axes, then ANTs
 Mattes MI at 6-3-1.5 mm in a child process: ITK reads
@@ -67,6 +69,7 @@ from .template import ZOOMS as TEMPLATE_ZOOMS
 from .template import check_template_grid
 
 INTERPOLATORS = ("linear", "nearestNeighbor", "genericLabel")
+FINE_STAGES = ("mi", "ants", None)
 
 # Registration settings (see the module docstring for why they differ from DeepBleed's).
 MI_BINS = 64                    # DeepBleed: aff_sampling=64
@@ -87,6 +90,14 @@ SEARCH_REFINE = 4               # best distinct grid starts refined locally (Pow
 SEARCH_DISTINCT_MM = 10.0       # a refined start moves the brain by at least this from the others
 FINE_STARTS = 2                 # best refined starts taken to the 3 mm grid; best final kept
 CLIP_HU = (0.0, 50.0)           # metric on clipped HU: blood weighs no more than grey matter
+MI_HU = (-20.0, 100.0)          # numpy MI fine stage: the HU range binned
+MI_BINS_NUMPY = 32
+# The numpy fine stage (fine="mi"): Powell on mutual information at 6 then 3 mm (half the
+# 3 mm points), from the search's pose.
+FINE_MI = {"metric": "mutual-information", "bins": MI_BINS_NUMPY, "hu": list(MI_HU),
+           "parzen": "linear", "sampling": "regular",
+           "levels": [{"grid_mm": 6.0, "moving_mm": 3.0, "smoothing_mm": 3.0, "stride": 1, "xtol": 0.2},
+                      {"grid_mm": 3.0, "moving_mm": 1.5, "smoothing_mm": 1.5, "stride": 2, "xtol": 0.05}]}
 
 # The numpy registration (global search and refinement), as recorded in the sidecar; and
 # the former ANTs single-start settings (kept for the benchmark: register_rigid(search=False)).
@@ -297,6 +308,59 @@ class _Level:
         return float(np.sum(f * m) / norm) if norm > 0 else -1.0
 
 
+class _MILevel:
+    """Mutual information of HU between the template and the moving brain (numpy, Mattes-like).
+
+    Fixed: template voxels of a ``block``-voxel grid within MASK_MARGIN_MM of its brain,
+    binned once. Moving: the brain-extracted CT (0 outside the brain and outside the
+    scanned field of view), block-averaged to about ``moving_mm``, smoothed by
+    ``smooth_mm``, linearly interpolated, its value shared between the two nearest bins
+    (a linear Parzen window: the metric is continuous in the pose). Fixed and moving
+    ranges: MI_HU. Sums in a fixed order, single-threaded: the same value on every machine.
+    """
+
+    def __init__(self, fixed, fixed_affine, margin, moving, moving_affine, block, moving_mm,
+                 smooth_mm=0.0, bins=MI_BINS_NUMPY, stride=1):
+        self.bins = int(bins)
+        f, f_aff = _block_mean_by(fixed, fixed_affine, (block,) * 3)
+        inside = _block_mean_by(margin.astype(np.float32), fixed_affine, (block,) * 3)[0] >= 0.5
+        ijk = np.array(np.nonzero(inside), float)
+        self.points = (f_aff[:3, :3] @ ijk + f_aff[:3, 3:4])[:, ::stride]
+        lo, hi = MI_HU
+        fb = np.clip((f[inside][::stride] - lo) / (hi - lo) * (self.bins - 1), 0, self.bins - 1)
+        self.fixed_bin = np.rint(fb).astype(np.int64) * self.bins
+        zooms = np.linalg.norm(moving_affine[:3, :3], axis=0)
+        blocks = [max(1, int(round(moving_mm / z))) for z in zooms]
+        m, m_aff = _block_mean_by(moving, moving_affine, blocks)
+        if smooth_mm > 0:
+            m = ndi.gaussian_filter(m, smooth_mm / np.linalg.norm(m_aff[:3, :3], axis=0))
+        self.moving = np.clip((m - lo) / (hi - lo) * (self.bins - 1), 0, self.bins - 1.000001)
+        self.moving = self.moving.astype(np.float32)
+        self.zero = np.float32((0.0 - lo) / (hi - lo) * (self.bins - 1))  # "no brain"
+        self.inv_moving = np.linalg.inv(m_aff)
+
+    CHUNKS = 4  # fixed, whatever the threads: the sums always run in the same order
+
+    def score(self, pose, pool=None):
+        vox = self.inv_moving @ pose
+        ijk = sum(vox[:3, k:k + 1] * self.points[k] for k in range(3)) + vox[:3, 3:4]
+        parts = np.array_split(ijk, self.CHUNKS, axis=1)
+        sample = lambda c: ndi.map_coordinates(self.moving, c, order=1, mode="constant",  # noqa: E731
+                                               cval=self.zero, prefilter=False)
+        u = np.concatenate((pool or _pool(1)).map(sample, parts)).astype(np.float64)
+        low = np.floor(u)
+        w = u - low
+        idx = self.fixed_bin + low.astype(np.int64)
+        n = self.bins * self.bins
+        joint = np.bincount(idx, weights=1.0 - w, minlength=n + 1)[:n]
+        joint += np.bincount(idx + 1, weights=w, minlength=n + 1)[:n]
+        joint = joint.reshape(self.bins, self.bins) / u.size
+        pf = joint.sum(axis=1, keepdims=True)
+        pm = joint.sum(axis=0, keepdims=True)
+        nz = joint > 0
+        return float(np.sum(joint[nz] * np.log(joint[nz] / (pf @ pm)[nz])))
+
+
 def _moved(base, params, centre):
     """``base`` (fixed->moving RAS) after a rotation (rotation vector, deg) about the fixed
     brain centre and a shift (mm), both in the fixed (template) frame: the same search
@@ -307,11 +371,12 @@ def _moved(base, params, centre):
     return base @ step
 
 
-def _refine(level, base, centre, xtol):
-    """Local Powell search from ``base``: (pose, score)."""
+def _refine(level, base, centre, xtol, pool=None):
+    """Local Powell search from ``base``: (pose, score); ``pool`` for levels that split a score."""
     from scipy.optimize import minimize
 
-    res = minimize(lambda p: -level.score(_moved(base, p, centre)), np.zeros(6), method="Powell",
+    score = level.score if pool is None else (lambda pose: level.score(pose, pool))
+    res = minimize(lambda p: -score(_moved(base, p, centre)), np.zeros(6), method="Powell",
                    options={"xtol": xtol, "ftol": 1e-6, "maxfev": 1500})
     return _moved(base, res.x, centre), -float(res.fun)
 
@@ -323,7 +388,7 @@ def _mean_disp(a, b, points):
 
 
 def _align(fixed, fixed_affine, margin, moving, moving_affine, axes_rot=None, threads=1,
-           polish=True):
+           finish="pearson"):
     """Global search and local refinement, all in numpy: (pose RAS fixed->moving, info).
 
     1. Grid: 125 rotations (SEARCH_ANGLES_DEG about each axis, around the principal-axes
@@ -333,13 +398,14 @@ def _align(fixed, fixed_affine, margin, moving, moving_affine, axes_rot=None, th
     2. The SEARCH_REFINE best distinct grid poses refined with Powell on that grid.
     3. The FINE_STARTS best of those refined on a 3 mm grid; the best kept (a wrong
        start can win on the coarse grid only).
-    4. A final Powell polish on the 1.5 mm template grid (``polish``; skipped when ANTs follows).
+    4. ``finish``: "pearson", a Powell polish on all 3 mm points; "mi", Powell on mutual
+       information (:class:`_MILevel`, :data:`FINE_MI`'s levels); None: neither (ANTs follows).
     ``threads`` workers score the grid and refine the starts side by side; every score is
     computed alone, in the same order, so the pose is the same bits whatever their number.
     info: start name, scores, and how far the runner-up landed (``runner_up_mm``).
     """
     with _pool(threads) as pool:
-        return _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot, polish)
+        return _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot, finish)
 
 
 class _pool:
@@ -361,7 +427,7 @@ class _pool:
         return list(self.ex.map(fn, items) if self.ex is not None else map(fn, items))
 
 
-def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot, polish):
+def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot, finish):
     t0 = time.perf_counter()
     axes_rot = np.eye(3) if axes_rot is None else axes_rot
     fixed_centre = _centre_ras(fixed != 0, fixed_affine)
@@ -404,9 +470,18 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
     finals.sort(key=lambda r: -r["medium_score"])
     best = finals[0]
     pose, score = best["pose"], best["medium_score"]
-    if polish:
+    mi = {}
+    if finish == "pearson":
         fine = _Level(fixed, fixed_affine, margin, moving, moving_affine, 2, 1.5, 1.5)
         pose, score = _refine(fine, best["pose"], fixed_centre, 0.05)
+    elif finish == "mi":
+        t_mi = time.perf_counter()
+        for lv in FINE_MI["levels"]:
+            level = _MILevel(fixed, fixed_affine, margin, moving, moving_affine,
+                             int(round(lv["grid_mm"] / TEMPLATE_ZOOMS[0])), lv["moving_mm"],
+                             lv["smoothing_mm"], FINE_MI["bins"], lv["stride"])
+            pose, mi_score = _refine(level, pose, fixed_centre, lv["xtol"], pool)
+        mi = {"mi_score": round(mi_score, 4), "mi_seconds": round(time.perf_counter() - t_mi, 2)}
     others = [_mean_disp(pose, f["pose"], medium.points[:, ::4]) for f in finals[1:]]
     info = {"start": best["start"], "score": round(best["score"], 4),
             "grid_score": round(best["grid_score"], 4), "final_score": round(score, 4),
@@ -414,7 +489,7 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
             "runner_up_mm": round(min(others), 2) if others else None,
             "runner_up_score_gap": round(best["medium_score"] - finals[1]["medium_score"], 4)
             if len(finals) > 1 else None,
-            "grid_seconds": round(grid_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
+            "grid_seconds": round(grid_s, 2), **mi, "seconds": round(time.perf_counter() - t0, 2)}
     return pose, info
 
 
@@ -438,7 +513,7 @@ def _centre_ras(mask, affine):
     return affine[:3, :3] @ ijk.mean(axis=1) + affine[:3, 3]
 
 
-def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True, fine="ants"):
+def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True, fine="mi"):
     """Rigidly register a brain-extracted CT (0 outside the brain) to the template.
 
     Writes ``out_prefix + "0GenericAffine.mat"`` (ITK, template points -> native
@@ -450,9 +525,9 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True,
     ``threads`` threads, the same pose whatever their number (params["global_search"]: the
     winning start, its scores, how far the runner-up start landed, the time).
     search=False: the former single principal-axes start and ANTs at 6-3-1.5 mm.
-    fine="ants" (default): then ANTs Mattes MI (:data:`FINE`) from the search's pose, in a
-    child process with one ITK thread; fine=None: the search's pose as it is (no ANTs:
-    exactly pose-equivariant, but see the module docstring).
+    fine="mi" (default): then Powell on mutual information in numpy (:data:`FINE_MI`);
+    fine="ants": ANTs Mattes MI (:data:`FINE`) from the search's pose instead, in a child
+    process with one ITK thread; fine=None: the search's pose as it is.
     """
     check_affine(moving)
     check_template_grid(template)
@@ -485,8 +560,12 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True,
     start = time.perf_counter()
     axes = _initial_pose(small != 0, small_affine, fixed_brain, _affine(template))
     settings = SEARCH if search else {**SINGLE_START, "sampling": "regular"}
+    if fine not in FINE_STAGES:
+        raise ValueError(f"fine must be one of {FINE_STAGES}, not {fine!r}")
     if search and fine == "ants":
         settings = {**SEARCH, "fine": {**FINE, "sampling": "regular", "threads": 1}}
+    elif search and fine == "mi":
+        settings = {**SEARCH, "fine": FINE_MI}
     params = {"transform": "Rigid", **{k: list(v) if isinstance(v, tuple) else v
                                         for k, v in settings.items()},
               "mask_margin_mm": MASK_MARGIN_MM,
@@ -495,7 +574,7 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True,
     if search:
         pose_ras, found = _align(fixed, _affine(template), margin, small, small_affine,
                                  axes_rot=(_LPS @ axes @ _LPS)[:3, :3], threads=threads,
-                                 polish=True)
+                                 finish="mi" if fine == "mi" else "pearson")
         pose = _LPS @ pose_ras @ _LPS
         params["global_search"] = {**found, "angles_deg": list(SEARCH_ANGLES_DEG),
                                    "shifts_mm": list(SEARCH_SHIFTS_MM),

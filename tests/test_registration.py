@@ -272,11 +272,10 @@ def test_registration_aligns_the_brain(brain_img, template, registered, tmp_path
 def test_registration_recovers_pose_not_header(brain_img, template, registered, tmp_path):
     """Move the head in world space (affine only): the template pose must not change.
 
-    The numpy search is exactly pose-equivariant (same voxels, same pose relative to the
-    head). The ANTs stage after it is not: its optimizer stops where a convergence window
-    says so on a flat optimum, and a 1e-9 change of the header moved its end point by
-    0.57 mm (GE head, Intel Xeon); so the whole registration is held to issue 10's success
-    criterion (mean <= 2 mm), the search to 0.01 mm.
+    The search is exactly pose-equivariant (same voxels, same pose relative to the head);
+    the MI stage after it to a few hundredths of a mm (its histogram sums see the pose's
+    last bits). ANTs' stage (``fine="ants"``) moved 1.0 mm mean, 2.0 mm at worst here: its
+    optimizer stops where a convergence window says so on a flat optimum.
     """
     centre = _centroid_ras(brain_img)
     motion = np.eye(4)
@@ -289,8 +288,8 @@ def test_registration_recovers_pose_not_header(brain_img, template, registered, 
     first = reg._matrix(registered["transform"])
     second = reg._matrix(again["transform"])
     mean, worst = _disp_mm(second, LPS @ motion @ LPS @ first, template)
-    print(f"pose recovery: mean {mean:.2f} mm, max {worst:.2f} mm")
-    assert mean <= 2.0
+    print(f"pose recovery: mean {mean:.3f} mm, max {worst:.3f} mm")
+    assert worst < 0.25
     # and the header motion really was large
     assert _disp_mm(second, first, template)[0] > 8.0
 
@@ -353,10 +352,10 @@ def case_reference(clamped, template, tmp_path_factory):
     brain, tmp = _brain_of(synth.reslice(clamped)[0]), tmp_path_factory.mktemp("ref")
     return {fine: reg._matrix(reg.register_rigid(brain, template, str(tmp / f"ref{fine}_"),
                                                  fine=fine, threads=2)["transform"])
-            for fine in ("ants", None)}
+            for fine in ("mi",)}
 
 
-def _case_error(clamped, brain_mask, template, reference, tmp_path, seed, fine="ants", **kw):
+def _case_error(clamped, brain_mask, template, reference, tmp_path, seed, fine="mi", **kw):
     from deepbleed_bids import synth
     from deepbleed_bids.qc import registration_flag
 
@@ -380,20 +379,14 @@ def _case_error(clamped, brain_mask, template, reference, tmp_path, seed, fine="
 
 def test_search_recovers_a_hard_case(clamped, brain_mask, template, case_reference, tmp_path):
     """The small version of benchmarks/bench_registration.py: one generated case (a large
-    pose, thick tilted slices, a hematoma with mass effect, noise) with known truth. The
-    search within issue 10's 2 mm; the ANTs stage after it moves the end point by up to
-    ~2.5 mm on a flat optimum (3.5 mm on this case on an Intel Xeon, < 2 on an AMD EPYC),
-    so the whole registration is held to 5 mm and no flag."""
-    kw = dict(p_hematoma=1.0, p_thick=1.0, p_tilt=1.0, p_partial=0.0)
+    pose, thick tilted slices, a hematoma with mass effect, noise) with known truth."""
     info, mean, flag = _case_error(clamped, brain_mask, template, case_reference, tmp_path,
-                                   HARD_SEED, fine=None, **kw)
+                                   HARD_SEED, p_hematoma=1.0, p_thick=1.0, p_tilt=1.0,
+                                   p_partial=0.0)
     assert max(abs(a) for a in info["rotation_deg"]) > 20 and info["hematoma_ml"] >= 20
     assert info["slice_mm"] >= 5 and abs(info["tilt_deg"]) >= 10 and info["mass_effect_mm"] > 5
     assert mean <= 2.0          # issue 10's success criterion
     assert flag is None         # and a success is not flagged
-    _, mean, flag = _case_error(clamped, brain_mask, template, case_reference, tmp_path,
-                                HARD_SEED, **kw)
-    assert mean <= 5.0 and flag is None
 
 
 def test_cut_head_is_aligned_or_flagged(clamped, brain_mask, template, case_reference, tmp_path):
@@ -465,13 +458,17 @@ def test_reposed_copy_gives_the_same_volumes(posed_run):
         assert "registration" not in sidecar["QC"]["Flags"]
 
 
-def test_ants_fine_stage_is_recorded(brain_img, template, registered, tmp_path):
-    """The default ANTs stage (Mattes MI from the search's pose, one ITK thread) is recorded
-    in the parameters; fine=None (the search alone) runs without it and stays aligned."""
+def test_fine_stages_are_recorded(brain_img, template, registered, tmp_path):
+    """The default MI stage is recorded in the parameters; fine="ants" (ANTs Mattes MI from
+    the search's pose, one ITK thread) lands within 2 mm of it on the GE head (measured
+    0.9 mm; the Pearson search alone sat 12.5 mm away, 10 deg of pitch)."""
     params = registered["params"]
-    assert params["fine"]["metric"] == "mattes" and params["fine"]["threads"] == 1
-    assert params["ants_cpu_s"] > 0
-    res = reg.register_rigid(brain_img, template, str(tmp_path / "search_"), fine=None, threads=2)
-    assert "fine" not in res["params"] and "ants_cpu_s" not in res["params"]
-    assert res["similarity"] > 0.3 and res["overlap"] > 0.8 and res["coverage"] > 0.99
-    assert Path(res["transform"]).is_file()
+    assert params["fine"]["metric"] == "mutual-information" and "ants_cpu_s" not in params
+    assert params["global_search"]["mi_score"] > 0
+    res = reg.register_rigid(brain_img, template, str(tmp_path / "ants_"), fine="ants", threads=2)
+    assert res["params"]["fine"]["metric"] == "mattes" and res["params"]["fine"]["threads"] == 1
+    assert res["params"]["ants_cpu_s"] > 0
+    assert _disp_mm(reg._matrix(res["transform"]), reg._matrix(registered["transform"]),
+                    template)[0] < 2.0
+    with pytest.raises(ValueError, match="fine must be one of"):
+        reg.register_rigid(brain_img, template, str(tmp_path / "bad_"), fine="bspline")
