@@ -245,7 +245,7 @@ the source entities:
 - `*_space-DeepBleedCT_desc-preproc_ct.nii.gz` and `*_space-DeepBleedCT_desc-hemorrhage_probseg.nii.gz`:
   network input and output on the DeepBleed template grid (128^3, 1.5 mm); their
   `SpatialReference` is the pinned template URL (or `templates/` here for a user template)
-- `*_from-orig_to-DeepBleedCT_mode-image_xfm.mat`: the rigid ANTs transform
+- `*_from-orig_to-DeepBleedCT_mode-image_xfm.mat`: the rigid transform (ITK/ANTs format)
 
 `sub-*.html` are the visual reports, `sub-*/log/<run-id>/` each run's configuration and
 crash files, `logs/` the run logs and the methods text (`CITATION.md`, `.bib`, `.html`),

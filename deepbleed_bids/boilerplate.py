@@ -120,8 +120,12 @@ def methods_paragraphs(config, versions=None):
         "were converted from DICOM, dcm2niix [@dcm2niix] was used.",
         "Each CT image was clamped to [-1024, 3071] HU and its brain extracted " + brain + ". The brain "
         f"was aligned to the DeepBleed CT template (128x128x128 voxels of 1.5 mm{', derived from the CT template of Rorden et al. [@ctTemplate]' if published_tpl else ''}; "
-        f"sha256 {tpl_sha}) with a rigid registration in ANTs [@ants] (ANTsPy {_v(versions, 'antspyx')} "
-        f"[@antsx], random seed {config.seed}) and resampled onto the template grid with nearest-neighbour "
+        f"sha256 {tpl_sha}) with a rigid registration in NumPy/SciPy: a global search over 375 starting "
+        "poses (rotations of up to 40 degrees about each axis and head-foot shifts) scored by the correlation "
+        "of HU with the template, the best refined with Powell's method, then the mutual information of HU "
+        "(a Mattes-like metric as in ANTs [@ants]) maximised at 6 and 3 mm; deterministic, whatever the "
+        f"number of threads (random seed {config.seed} for the steps that sample). The brain was resampled "
+        f"onto the template grid with ANTsPy {_v(versions, 'antspyx')} [@antsx] with nearest-neighbour "
         "interpolation, keeping raw HU and 0 outside the brain.",
         f"The 3D VNet of DeepBleed [@deepbleed] with the weights '{model.get('id', config.model)}' "
         f"(sha256 {sha}) computed a hemorrhage probability in TensorFlow {_v(versions, 'tensorflow')} "

@@ -284,7 +284,8 @@ def build_sidecars(config, source, results):
                              "Description": "Hemorrhage probability (ICH + IVH): the network output",
                              **provenance},
         "transform": {"Sources": raw, "FromSpace": "orig", "ToSpace": TEMPLATE_SPACE, "Type": "rigid",
-                      "Software": "ANTs (antspyx)", "RegistrationSimilarity": results.get("similarity"),
+                      "Software": "deepbleed-bids registration (NumPy/SciPy); ITK transform file (antspyx)",
+                      "RegistrationSimilarity": results.get("similarity"),
                       **registration, **provenance},
     }
 
