@@ -262,6 +262,33 @@ def _grid_rotation(angles_deg):
     return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
 
 
+def _template_samples(fixed, fixed_affine, margin, block, stride):
+    """Points (RAS mm, 3 x N) and values of the template on a ``block``-voxel grid within
+    the metric margin, every ``stride``-th one (regular sampling: deterministic)."""
+    f, f_aff = _block_mean_by(fixed, fixed_affine, (block,) * 3)
+    inside = _block_mean_by(margin.astype(np.float32), fixed_affine, (block,) * 3)[0] >= 0.5
+    ijk = np.array(np.nonzero(inside), float)
+    return (f_aff[:3, :3] @ ijk + f_aff[:3, 3:4])[:, ::stride], f[inside][::stride]
+
+
+def _moving_grid(moving, moving_affine, moving_mm, smooth_mm):
+    """The moving brain block-averaged to about ``moving_mm``, smoothed by ``smooth_mm``;
+    with its RAS-to-voxel affine."""
+    zooms = np.linalg.norm(moving_affine[:3, :3], axis=0)
+    blocks = [max(1, int(round(moving_mm / z))) for z in zooms]
+    m, m_aff = _block_mean_by(moving, moving_affine, blocks)
+    if smooth_mm > 0:
+        m = ndi.gaussian_filter(m, smooth_mm / np.linalg.norm(m_aff[:3, :3], axis=0))
+    return m, np.linalg.inv(m_aff)
+
+
+def _voxels(inv_moving, pose, points):
+    """Moving voxel coordinates of template points under a fixed->moving RAS pose."""
+    # Elementwise, not BLAS: threaded BLAS on 3 x N products is slow and load-dependent.
+    vox = inv_moving @ pose
+    return sum(vox[:3, k:k + 1] * points[k] for k in range(3)) + vox[:3, 3:4]
+
+
 class _Level:
     """Pearson r of HU between the template and the moving brain at one resolution.
 
@@ -274,27 +301,18 @@ class _Level:
 
     def __init__(self, fixed, fixed_affine, margin, moving, moving_affine, block, moving_mm,
                  smooth_mm=0.0, stride=1):
-        f, f_aff = _block_mean_by(np.clip(fixed, *CLIP_HU), fixed_affine, (block,) * 3)
-        inside = _block_mean_by(margin.astype(np.float32), fixed_affine, (block,) * 3)[0] >= 0.5
-        ijk = np.array(np.nonzero(inside), float)
-        self.points = f_aff[:3, :3] @ ijk + f_aff[:3, 3:4]           # RAS mm
-        self.points = self.points[:, ::stride]  # regular sampling: deterministic
-        self.values = f[inside][::stride].astype(np.float64)
+        self.points, values = _template_samples(np.clip(fixed, *CLIP_HU), fixed_affine, margin,
+                                                block, stride)
+        self.values = values.astype(np.float64)
         self.values -= self.values.mean()
         self.f_ss = float(np.sum(self.values * self.values))
-        zooms = np.linalg.norm(moving_affine[:3, :3], axis=0)
-        blocks = [max(1, int(round(moving_mm / z))) for z in zooms]
-        m, m_aff = _block_mean_by(np.clip(moving, *CLIP_HU), moving_affine, blocks)
-        if smooth_mm > 0:
-            m = ndi.gaussian_filter(m, smooth_mm / np.linalg.norm(m_aff[:3, :3], axis=0))
+        m, self.inv_moving = _moving_grid(np.clip(moving, *CLIP_HU), moving_affine, moving_mm,
+                                          smooth_mm)
         self.moving = m.astype(np.float32)
-        self.inv_moving = np.linalg.inv(m_aff)
 
     def score(self, pose):
         """Pearson r between template and moving brain under a fixed->moving RAS pose."""
-        # Elementwise, not BLAS: threaded BLAS on 3 x N products is slow and load-dependent.
-        vox = self.inv_moving @ pose
-        ijk = sum(vox[:3, k:k + 1] * self.points[k] for k in range(3)) + vox[:3, 3:4]
+        ijk = _voxels(self.inv_moving, pose, self.points)
         # Every point counts, 0 (no brain) outside the scanned field of view. Unlike
         # ITK's metrics (unscanned points do not count), this cannot gain by moving hard
         # parts of the template out of a scan cut at the top or bottom: measured on
@@ -322,28 +340,19 @@ class _MILevel:
     def __init__(self, fixed, fixed_affine, margin, moving, moving_affine, block, moving_mm,
                  smooth_mm=0.0, bins=MI_BINS_NUMPY, stride=1):
         self.bins = int(bins)
-        f, f_aff = _block_mean_by(fixed, fixed_affine, (block,) * 3)
-        inside = _block_mean_by(margin.astype(np.float32), fixed_affine, (block,) * 3)[0] >= 0.5
-        ijk = np.array(np.nonzero(inside), float)
-        self.points = (f_aff[:3, :3] @ ijk + f_aff[:3, 3:4])[:, ::stride]
+        self.points, f = _template_samples(fixed, fixed_affine, margin, block, stride)
         lo, hi = MI_HU
-        fb = np.clip((f[inside][::stride] - lo) / (hi - lo) * (self.bins - 1), 0, self.bins - 1)
+        fb = np.clip((f - lo) / (hi - lo) * (self.bins - 1), 0, self.bins - 1)
         self.fixed_bin = np.rint(fb).astype(np.int64) * self.bins
-        zooms = np.linalg.norm(moving_affine[:3, :3], axis=0)
-        blocks = [max(1, int(round(moving_mm / z))) for z in zooms]
-        m, m_aff = _block_mean_by(moving, moving_affine, blocks)
-        if smooth_mm > 0:
-            m = ndi.gaussian_filter(m, smooth_mm / np.linalg.norm(m_aff[:3, :3], axis=0))
+        m, self.inv_moving = _moving_grid(moving, moving_affine, moving_mm, smooth_mm)
         self.moving = np.clip((m - lo) / (hi - lo) * (self.bins - 1), 0, self.bins - 1.000001)
         self.moving = self.moving.astype(np.float32)
         self.zero = np.float32((0.0 - lo) / (hi - lo) * (self.bins - 1))  # "no brain"
-        self.inv_moving = np.linalg.inv(m_aff)
 
     CHUNKS = 4  # fixed, whatever the threads: the sums always run in the same order
 
     def score(self, pose, pool=None):
-        vox = self.inv_moving @ pose
-        ijk = sum(vox[:3, k:k + 1] * self.points[k] for k in range(3)) + vox[:3, 3:4]
+        ijk = _voxels(self.inv_moving, pose, self.points)
         parts = np.array_split(ijk, self.CHUNKS, axis=1)
         sample = lambda c: ndi.map_coordinates(self.moving, c, order=1, mode="constant",  # noqa: E731
                                                cval=self.zero, prefilter=False)
@@ -662,7 +671,7 @@ def _alignment_quality(fixed, fixed_affine, moving, moving_affine, pose):
     top = np.array(moving.shape)[:, None] - 0.5
     scanned = np.all((src >= -0.5) & (src <= top), axis=0).reshape(fixed.shape)
     coverage = float(np.count_nonzero(scanned & (f != 0)) / max(1, np.count_nonzero(f)))
-    return {"similarity": corr, "mutual_information": None, "overlap": float(dice),
+    return {"similarity": corr, "overlap": float(dice),
             "coverage": coverage}
 
 
