@@ -43,7 +43,7 @@ THROUGHPUT: ``--throughput-images`` copies of the head, three runs, images per h
 
 ``--quick``: the synthetic-demo model instead of the published-size one, 2 throughput
 images, 100 group CTs (checks that every part works; the numbers are not the README's).
-Default model: a published-size VNet with random weights (the published weights
+Default model: a published-size VNet with random weights, seed 0 (the published weights
 are a download); its masks are meaningless but its cost is the real one.
 Wall-clock numbers are only comparable within one run: the script prints the CPU
 model and the load average, a markdown table to paste into the README, and a JSON copy.
@@ -191,6 +191,10 @@ def main():
         spec = resolve_model(args.model)
         model = stage("load model", lambda: load_model(spec, input_shape=(128, 128, 128, 1)))
     else:
+        import keras
+
+        # the same random weights on every run: the same mask, so the same analysis times
+        keras.utils.set_random_seed(0)
         model = stage("load model", lambda: build_vnet(input_shape=(128, 128, 128, 1)))
     vol = np.asanyarray(net_in.dataobj).astype(np.float32)
     prob = stage("VNet forward 128^3", lambda: predict_volume(model, vol, device=plan["device"]))
@@ -387,15 +391,25 @@ def _env(tmp, data_dir):
         filter(None, [str(TOP), os.environ.get("PYTHONPATH")]))}
 
 
+# Runs the command and reports the peak RSS of its largest process. It is measured from
+# this small parent: a child started by the benchmark itself (GBs of TensorFlow and images
+# by then) would report the benchmark's RSS as its own, as Linux keeps the high-water mark
+# across the exec.
+_PEAK = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+         "print(f'peak-rss-kb {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
+         "sys.exit(code)")
+
+
 def _run(cmd, env):
     """Run a command; (wall seconds, peak GB of its biggest process, CompletedProcess)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *cmd], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak = max(before.ru_maxrss, after.ru_maxrss) / 1024 ** 2
-    # CPU seconds of the command and every process it waited for (nipype workers, ANTs)
+    peak_kb = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("peak-rss-kb ")]
+    peak = int(peak_kb[-1]) / 1024 ** 2 if peak_kb else float("nan")
+    # CPU seconds of the command and every process it waited for (nipype workers)
     proc.cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode:
         print(proc.stderr[-3000:])
@@ -498,7 +512,7 @@ def group_level(tmp, n):
                     os.link(path, dst)
     (bids / "participants.tsv").write_text("\n".join(lines) + "\n")
     cmd = [sys.executable, str(TOP / "run.py"), str(bids), str(out), "group"]
-    wall, _, proc = _run(cmd, _env(tmp, None))  # (RUSAGE_CHILDREN's peak spans every earlier run)
+    wall, _, proc = _run(cmd, _env(tmp, None))
     rows = max(0, len((out / "group" / "volumes.tsv").read_text().splitlines()) - 1) \
         if (out / "group" / "volumes.tsv").is_file() else 0
     return {"participants": n, "wall_s": round(wall, 1), "rows": rows, "exit": proc.returncode}
