@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from deepbleed_bids.cli.main import quick_exit  # noqa: E402
 from deepbleed_bids.cli.run import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quick_exit(main()))

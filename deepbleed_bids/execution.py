@@ -75,22 +75,14 @@ def plugin_settings(config):
     return plugin, user
 
 
-# Modules an in-process (Linear) run needs later: TensorFlow/Keras for the network (seconds).
-# Not ANTs: the registration node imports it itself, and two threads importing the same
-# package at once can leave one with a partly initialised module.
+# Modules an in-process (Linear) run needs later: TensorFlow/Keras for the network (~2 s).
 WARM_MODULES = ("tensorflow", "keras", "deepbleed_bids.model.vnet")
 
 
 def warm_imports(modules=WARM_MODULES):
     """Import ``modules`` on a background thread; returns the thread.
 
-    For in-process runs only (nipype's Linear plugin): the imports overlap the
-    registration instead of delaying the network. Imports hold the GIL, but the
-    registration's interpolation releases it and runs on its own threads: measured on
-    the GE head, registration then imports 12.9-14.1 s, side by side 10.1-13.2 s.
-    Never before forking worker processes: a child forked during an import would
-    inherit a held import lock. A failed import is left to the step that needs the
-    module, which reports it.
+    A failed import is left to the step that needs the module, which reports it.
     """
     import importlib
     import threading
@@ -107,28 +99,21 @@ def warm_imports(modules=WARM_MODULES):
     return thread
 
 
-def warm_imports_callback(start_with=("register",), modules=WARM_MODULES, wait_s=600.0):
-    """A nipype ``status_callback`` (Linear plugin) that calls :func:`warm_imports` once,
-    when the registration starts, and makes every later node wait for those imports.
+def while_importing(func, modules=WARM_MODULES):
+    """``func()`` while ``modules`` are imported on a thread; returns when both are done.
 
-    Any other node that starts while they still run waits for them first: Python's
-    import locks let a second thread importing the same package see it half initialised
-    (measured: TensorFlow's ``dataset_ops`` without ``DatasetV2``). The callback's
-    ``threads`` list holds the thread once started.
+    For a ``func`` that waits on a subprocess (the BIDS validator): it holds neither the
+    GIL nor an import lock, so the imports cost no wall time up to its length.
+    Measured on 2 cores, imports beside a Python-heavy node slowed it by more than they
+    took alone (GIL). Joined before returning, so no node ever imports a package while
+    this thread does (two threads importing TensorFlow at once left it half initialised),
+    and nothing forks during the import.
     """
-    threads = []
-
-    def callback(node, status):
-        if status != "start":
-            return
-        if not threads:
-            if node.name in start_with:
-                threads.append(warm_imports(modules))
-        elif threads[0].is_alive():
-            threads[0].join(wait_s)
-
-    callback.threads = threads
-    return callback
+    thread = warm_imports(modules)
+    try:
+        return func()
+    finally:
+        thread.join()
 
 
 def poll_seconds(plugin):

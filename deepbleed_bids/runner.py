@@ -1,10 +1,8 @@
 """Run the participant and group levels: check inputs, resolve assets, run nipype, report."""
 import os
-import re
 import shutil
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 from . import bids as B
@@ -59,7 +57,7 @@ def resolve_assets(config):
 
 def _run_workflow(config, images):
     from . import logs as L
-    from .execution import configure_nipype, plugin_settings, poll_seconds, run_workflow, warm_imports_callback
+    from .execution import configure_nipype, plugin_settings, poll_seconds, run_workflow
     from .workflows.base import init_deepbleed_wf
 
     plugin, args = plugin_settings(config)
@@ -68,12 +66,8 @@ def _run_workflow(config, images):
     wf = init_deepbleed_wf(config, images)
 
     progress = L.attach(config, wf, images, ncfg)  # progress lines, graph, resource monitor
-    callbacks = [progress]
-    if plugin == "Linear":  # nodes run in this process: import what they need while it waits
-        callbacks.append(warm_imports_callback())
-
     try:
-        return run_workflow(wf, plugin, args, crash_dir, callbacks=callbacks)
+        return run_workflow(wf, plugin, args, crash_dir, callbacks=[progress])
     finally:
         L.detach(config, progress)
 
@@ -98,10 +92,30 @@ def _run_bidsapp(config):
     with bidsapp.run_logs(config, now=config.reports_only):
         if config.reports_only:
             return bidsapp.reports_only(config, write_reports)
-        bidsapp.validate_input(config)
+        _validate(config)
         if config.work_dir:  # its version stamp is checked before anything is written
             bidsapp.prepare_work_dir(config)
         return _run_participant(config)
+
+
+def imports_during_validation(config):
+    """Whether TensorFlow is imported while the validator runs: only when the nodes run
+    in this process (Linear plugin) and a network will run."""
+    from .execution import plugin_settings
+
+    return not (config.skip_bids_validation or config.boilerplate_only) \
+        and plugin_settings(config)[0] == "Linear"
+
+
+def _validate(config):
+    """The validator on the input; see :func:`imports_during_validation`. The network
+    needs TensorFlow later, and the validator's subprocess leaves this process idle."""
+    from . import bidsapp
+    from .execution import while_importing
+
+    if imports_during_validation(config):
+        return while_importing(lambda: bidsapp.validate_input(config))
+    return bidsapp.validate_input(config)
 
 
 def _run_participant(config):

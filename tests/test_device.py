@@ -140,18 +140,3 @@ def test_warm_imports_loads_modules_on_a_background_thread():
     thread = warm_imports(("json", "deepbleed_bids.no_such_module"))
     thread.join(30)
     assert not thread.is_alive() and thread.daemon and "json" in sys.modules
-
-
-def test_warm_imports_start_with_the_registration_node_once():
-    from types import SimpleNamespace
-
-    from deepbleed_bids.execution import warm_imports_callback
-
-    callback = warm_imports_callback(modules=("json",))
-    callback(SimpleNamespace(name="clamp"), "start")
-    callback(SimpleNamespace(name="register"), "end")
-    assert callback.threads == []
-    callback(SimpleNamespace(name="register"), "start")
-    callback(SimpleNamespace(name="segment"), "start")
-    assert len(callback.threads) == 1
-    callback.threads[0].join(30)

@@ -1,7 +1,5 @@
 """Registration and resampling between the real GE head and the DeepBleed template grid."""
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest

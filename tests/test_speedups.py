@@ -115,64 +115,72 @@ def test_mosaic_panels_edges_and_labels():
     assert np.array_equal(shown[-1, -1], rgb[0, 0])
 
 
-def test_warm_imports_start_with_the_registration():
-    """The imports start when the registration node starts, once, on a background thread."""
-    import sys
-    from types import SimpleNamespace
-
-    from deepbleed_bids.execution import warm_imports_callback
-
-    name = "colorsys"  # a small standard module, re-imported harmlessly
-    sys.modules.pop(name, None)
-    callback = warm_imports_callback(modules=(name,))
-    callback(SimpleNamespace(name="brain_extraction"), "start")
-    assert not callback.threads and name not in sys.modules
-    callback(SimpleNamespace(name="register"), "start")
-    assert len(callback.threads) == 1
-    callback.threads[0].join(20)
-    assert name in sys.modules
-    callback(SimpleNamespace(name="register"), "end")
-    assert len(callback.threads) == 1
-
-
-def test_nodes_after_the_registration_wait_for_the_warm_imports():
-    """A node starting while the imports run waits for them: two threads importing one
-    package at once left TensorFlow half initialised in a participant run."""
-    import sys
-    import threading
+def _slow_module(name, seconds):
+    """A meta-path finder whose module ``name`` takes ``seconds`` to import."""
+    import importlib.util
     import time
-    from types import SimpleNamespace
 
-    from deepbleed_bids import execution
+    class Loader:
+        def create_module(self, spec):
+            return None
 
-    name = "deepbleed_bids_slow_test_module"
-    release = threading.Event()
+        def exec_module(self, module):
+            time.sleep(seconds)
 
     class Finder:
         def find_spec(self, fullname, path=None, target=None):
-            if fullname != name:
-                return None
-            import importlib.util
+            return importlib.util.spec_from_loader(fullname, Loader()) if fullname == name else None
 
-            class Loader:
-                def create_module(self, spec):
-                    return None
+    return Finder()
 
-                def exec_module(self, module):
-                    release.wait(5)
 
-            return importlib.util.spec_from_loader(fullname, Loader())
+def test_while_importing_overlaps_the_imports_and_returns_after_both():
+    """The validator's wait and the TensorFlow import overlap; nothing runs after until both end."""
+    import sys
+    import threading
+    import time
 
-    sys.meta_path.insert(0, Finder())
+    from deepbleed_bids.execution import while_importing
+
+    name = "deepbleed_bids_slow_test_module"
+    sys.meta_path.insert(0, _slow_module(name, 0.6))
     try:
-        callback = execution.warm_imports_callback(modules=(name,))
-        callback.threads.append(execution.warm_imports((name,)))  # as if started by the registration
-        timer = threading.Timer(0.5, release.set)
-        timer.start()
         start = time.monotonic()
-        callback(SimpleNamespace(name="segment"), "start")
-        assert time.monotonic() - start >= 0.4 and not callback.threads[0].is_alive()
+        out = while_importing(lambda: (time.sleep(0.6), "validated")[1], modules=(name,))
+        elapsed = time.monotonic() - start
+        assert out == "validated" and name in sys.modules
+        assert elapsed < 1.1, f"{elapsed:.2f} s: the import and the wait ran one after the other"
+        assert not [t for t in threading.enumerate() if t.name == "deepbleed-warm-imports"]
+        sys.modules.pop(name)
+        with pytest.raises(RuntimeError, match="refused"):  # the caller's error comes through
+            while_importing(lambda: (_ for _ in ()).throw(RuntimeError("refused")), modules=(name,))
         assert name in sys.modules
     finally:
         sys.meta_path.pop(0)
         sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"nprocs": 1}, True),
+    ({"nprocs": 2}, False),  # worker processes fork: nothing may be half imported then
+    ({"nprocs": 1, "skip_bids_validation": True}, False),
+    ({"nprocs": 1, "boilerplate_only": True}, False),  # no network runs
+])
+def test_tensorflow_loads_during_validation_for_in_process_runs_only(tmp_path, settings, expected):
+    from deepbleed_bids.config import Config
+    from deepbleed_bids.runner import imports_during_validation
+
+    config = Config(bids_dir=str(tmp_path), output_dir=str(tmp_path / "out"), **settings)
+    assert imports_during_validation(config) is expected
+
+
+def test_quick_exit_freezes_the_objects_left_for_the_last_collection():
+    import gc
+
+    from deepbleed_bids.cli.main import quick_exit
+
+    gc.unfreeze()
+    try:
+        assert quick_exit(3) == 3 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

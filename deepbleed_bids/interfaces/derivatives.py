@@ -50,8 +50,6 @@ class WriteDerivatives(SimpleInterface):
 
         keys = ("brain_mask", "hemorrhage_mask", "hemorrhage_probseg", "preproc_template",
                 "probseg_template", "transform")
-        from nipype.interfaces.base import isdefined
-
         files = {k: getattr(self.inputs, k) for k in keys}
         for key in ("hemorrhage_dseg", "edema_mask", "atlas_dseg"):
             if isdefined(getattr(self.inputs, key)):
