@@ -94,7 +94,7 @@ def _write_outputs(img, mask, in_file, cwd):
     else:
         dtype = np.float32
     out_mask = out_path(cwd, in_file, "brainmask")
-    out_file = out_path(cwd, in_file, "brain")
+    out_file = out_path(cwd, in_file, "brain", ext=".nii")  # a work file only: uncompressed
     nib.save(like(mask, img, dtype=np.uint8), out_mask)
     nib.save(like(np.where(mask, data, 0), img, dtype=dtype), out_file)
     return {"out_mask": out_mask, "out_file": out_file,

@@ -51,13 +51,15 @@ def _figures(out_dir, bids_dir, relpath, meta):
     files = plan_outputs(out_dir, relpath)
     parts, notes = [], []
     source = Path(bids_dir) / relpath if bids_dir else None
-    if source is not None and source.is_file():
-        ct_img = nib.as_closest_canonical(nib.load(str(source)))
+    template = Path((meta.get("Template") or {}).get("Path") or "")
+    # every file a figure shows, read and decompressed once, side by side
+    imgs = _read({**files, "source": source, "template": template})
+    if "source" in imgs:
+        ct_img = nib.as_closest_canonical(imgs["source"])
         ct, zooms = F.canonical(ct_img)
-        # every figure reads the arrays loaded here: each file is read and decompressed once
         ct_img = nib.Nifti1Image(ct, ct_img.affine, ct_img.header)
-        brain, _ = F.canonical(nib.load(str(files["brain_mask"])))
-        bleed, _ = F.canonical(nib.load(str(files["hemorrhage_mask"])))
+        brain, _ = F.canonical(imgs["brain_mask"])
+        bleed, _ = F.canonical(imgs["hemorrhage_mask"])
         abc = QC.abc2(bleed > 0, ct_img.affine)
         parts.append("<h3>Native space: whole brain</h3><p class='legend'>axial, radiological (R on the left), "
                      "0-80 HU<span style='background:#00d5ff'></span>brain mask"
@@ -77,37 +79,50 @@ def _figures(out_dir, bids_dir, relpath, meta):
             parts.append(H.embedded_png(detail, f"{relpath} hemorrhage slices"))
         else:
             parts.append("<p>No hemorrhage segmented.</p>")
-        split_fig = _split_figure(files, ct, zooms, relpath)
+        split_fig = _split_figure(imgs, ct, zooms, relpath)
         if split_fig:
             parts.append(split_fig)
-        trial_fig = _trial_figure(files, ct_img, bleed, meta, relpath)
+        trial_fig = _trial_figure(imgs, ct_img, bleed, meta, relpath)
         if trial_fig:
             parts.append(trial_fig)
     else:
         notes.append(f"source CT {relpath} not found in the BIDS dataset: native-space figures omitted")
-    template = Path((meta.get("Template") or {}).get("Path") or "")
-    if template.is_file() and Path(files["preproc_template"]).is_file():
+    if "template" in imgs and "preproc_template" in imgs:
         parts.append("<h3>Alignment to the DeepBleed template</h3><p class='legend'>the network input "
                      "(registered brain) with the template's<span style='background:#ffd000'></span>brain edge"
                      "<span style='background:#ff4fd8'></span>CSF edges</p>")
-        parts.append(H.embedded_png(F.alignment_figure(nib.load(str(files["preproc_template"])),
-                                                       nib.load(str(template))), f"{relpath} alignment"))
+        parts.append(H.embedded_png(F.alignment_figure(imgs["preproc_template"], imgs["template"]),
+                                    f"{relpath} alignment"))
     else:
         notes.append("template or registered image not found: alignment check omitted")
     return "\n".join(parts), notes
 
 
-def _split_figure(files, ct, zooms, relpath):
-    """The IVH / parenchymal split outlined over the uncertainty map (probability 0.2-0.8)."""
-    import nibabel as nib
+def _read(paths):
+    """{key: image in memory} of the ``paths`` that are files (others left out), read on
+    threads: zlib inflates without the GIL, so two cores read two files at once."""
+    from concurrent.futures import ThreadPoolExecutor
 
+    import nibabel as nib
+    import numpy as np
+
+    def read(path):
+        img = nib.load(str(path))
+        return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+
+    found = {k: p for k, p in paths.items() if p and str(p).endswith((".nii", ".nii.gz")) and Path(p).is_file()}
+    with ThreadPoolExecutor(max(1, min(4, len(found)))) as pool:
+        return dict(zip(found, pool.map(read, found.values())))
+
+
+def _split_figure(imgs, ct, zooms, relpath):
+    """The IVH / parenchymal split outlined over the uncertainty map (probability 0.2-0.8)."""
     from . import figures as F
 
-    dseg_path, prob_path = Path(files["hemorrhage_dseg"]), Path(files["hemorrhage_probseg"])
-    if not (dseg_path.is_file() and prob_path.is_file()):
+    if not ("hemorrhage_dseg" in imgs and "hemorrhage_probseg" in imgs):
         return ""
-    dseg, _ = F.canonical(nib.load(str(dseg_path)))
-    prob, _ = F.canonical(nib.load(str(prob_path)))
+    dseg, _ = F.canonical(imgs["hemorrhage_dseg"])
+    prob, _ = F.canonical(imgs["hemorrhage_probseg"])
     png = F.split_uncertainty_mosaic(ct, dseg, prob, zooms)
     if png is None:
         return ""
@@ -118,23 +133,19 @@ def _split_figure(files, ct, zooms, relpath):
             "(yellow: 0.5)</p>" + H.embedded_png(png, f"{relpath} split and uncertainty"))
 
 
-def _trial_figure(files, ct_img, bleed, meta, relpath):
+def _trial_figure(imgs, ct_img, bleed, meta, relpath):
     """Location (atlas regions by class), edema outline and midline (deepbleed_bids.trial)."""
-    import nibabel as nib
-
     from ..atlas import atlas_labels
     from ..location import region_class
     from . import figures as F
 
-    atlas_path, edema_path = Path(files["atlas_dseg"]), Path(files["edema_mask"])
-    if not atlas_path.is_file():
+    if "atlas_dseg" not in imgs:
         return ""
     classes = {i: region_class(n) for i, n in atlas_labels().items()}
     measure = meta.get("MidlineShiftMeasurement") or {}
     msp = measure.get("MidSagittalPlane") or {}
     plane = (msp["Normal"], msp["Offset"]) if msp.get("Normal") else None
-    png = F.trial_mosaic(ct_img, nib.load(str(atlas_path)), bleed,
-                         nib.load(str(edema_path)) if edema_path.is_file() else None, classes, plane,
+    png = F.trial_mosaic(ct_img, imgs["atlas_dseg"], bleed, imgs.get("edema_mask"), classes, plane,
                          measure.get("MidlineShiftSigned"))
     if png is None:
         return ""
