@@ -191,9 +191,12 @@ def write_reports(config, images, failures, skipped=()):
 
     subjects = sorted({Path(rel).parts[0] for rel in [i["relpath"] for i in images]
                        + [r for r, _ in failures] + [r for r, _ in skipped]})
+    # reports come after every workflow: all the run's threads are free for their figures
+    threads = max(1, int(config.nprocs or 1) * int(config.omp_nthreads or 1))
     for sub in subjects:
         try:
-            path = write_participant_report(config.output_dir, config.bids_dir, sub, failures, skipped)
+            path = write_participant_report(config.output_dir, config.bids_dir, sub, failures, skipped,
+                                            threads=threads)
         except Exception as err:  # noqa: BLE001
             log(f"report for {sub} could not be written: {err}")
             continue

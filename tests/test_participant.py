@@ -184,6 +184,26 @@ def test_reports_only_rebuilds_without_processing(case):
     assert report.stat().st_mtime_ns > before and mask.stat().st_mtime_ns == mask_before
 
 
+def test_report_figures_drawn_on_threads_give_the_same_page(case, tmp_path):
+    """The run draws a report's figures on all of its threads (nprocs x omp-nthreads):
+    the page must be the same, figure for figure, as one drawn on a single thread."""
+    import shutil
+
+    from deepbleed_bids.reports.participant import write_participant_report
+
+    out = tmp_path / "out"
+    shutil.copytree(case["out"], out, ignore=shutil.ignore_patterns("log", "logs"))
+    pages = []
+    for threads in (1, 3):
+        page = write_participant_report(out, case["bids"], "01", threads=threads)
+        pages.append(re.sub(r"Generated [^<]*", "", Path(page).read_text()))
+    assert pages[0] == pages[1]
+    for heading in ("Native space: whole brain", "Native space: brain mask at the skull base",
+                    "Alignment to the DeepBleed template"):
+        assert pages[0].count(heading) == 2, heading  # both CTs of sub-01
+    assert pages[0].count("data:image/png;base64,") >= 8
+
+
 def test_known_template_mask_lands_on_the_lesion(case, template_path, tmp_path):
     """A mask placed in template space (through the run's own transform) and carried
     back by the pipeline's own interface lands on the inserted lesion, same volume."""
