@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .nifti import bbox, voxel_sizes, voxel_volume_ml
+from .qc import distance_mm
 
 HU_RANGE = (5.0, 33.0)  # Volbers et al. 2018
 MAX_DISTANCE_MM = 10.0
@@ -78,15 +79,15 @@ def perihematomal_edema(hu, brain, clot, affine, ventricles=None, plane=None, hu
     keep = (~c).astype(np.float32)
     smooth_box = ndi.gaussian_filter(hu_f[box] * keep, sigma_mm / zooms) / np.maximum(
         ndi.gaussian_filter(keep, sigma_mm / zooms), 1e-3)
-    dist = ndi.distance_transform_edt(~c, sampling=zooms)
+    dist = distance_mm(~c, zooms)  # the edt package: ~5x scipy's time, same distances
     cand = b & ~c & (dist <= max_distance_mm) & (smooth_box >= hu_range[0]) & (smooth_box <= hu_range[1])
     # CSF anywhere (sulci, cisterns, ventricles: smoothed < CSF_HU) and its partial-volume
     # border; the ventricles given (atlas / split), dilated, where darker than 15 HU
     csf = b & (smooth_box < CSF_HU)
-    cand &= ndi.distance_transform_edt(~csf, sampling=zooms) > CSF_BORDER_MM
+    cand &= distance_mm(~csf, zooms) > CSF_BORDER_MM
     if ventricles is not None:
         v = np.asarray(ventricles, bool)[box]
-        v = ndi.distance_transform_edt(~v, sampling=zooms) <= 2.0
+        v = distance_mm(~v, zooms) <= 2.0
         cand &= ~(v & (smooth_box < 15.0))
     if plane is not None and min_contrast_hu is not None:
         smooth_full = ndi.gaussian_filter(hu_f, REFERENCE_SIGMA_MM / zooms)
