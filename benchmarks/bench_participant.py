@@ -307,6 +307,7 @@ def calibrate(model, vol, path, fraction=0.003):
     model's, and QC, resampling and report get a hemorrhage-sized mask instead of a
     random network's whole head."""
     import numpy as np
+    from scipy.special import expit
 
     from deepbleed_bids.model.predict import predict_volume
 
@@ -318,7 +319,7 @@ def calibrate(model, vol, path, fraction=0.003):
     shift = np.quantile(logits, 1 - fraction)
     layer.set_weights([kernel, bias - shift])
     model.save_weights(str(path))
-    return (1.0 / (1.0 + np.exp(-(logits - shift)))).astype(np.float32)
+    return expit(logits - shift).astype(np.float32)  # no overflow warning on large logits
 
 
 def precision_table(args, net_in, template, vol):
