@@ -75,7 +75,8 @@ def plugin_settings(config):
     return plugin, user
 
 
-# Modules an in-process (Linear) run needs later: TensorFlow/Keras for the network (~2 s).
+# Modules an in-process (Linear) run needs later: TensorFlow/Keras for the network (2.5 s on
+# an Intel Xeon, 8-10 s on an AMD EPYC).
 WARM_MODULES = ("tensorflow", "keras", "deepbleed_bids.model.vnet")
 
 
