@@ -40,6 +40,11 @@ def participant_entries(out_dir, subject, failures=(), skipped=()):
     return dict(sorted(entries.items()))
 
 
+# the derivatives (plan_outputs keys) the figures show
+SHOWN = ("brain_mask", "hemorrhage_mask", "hemorrhage_probseg", "hemorrhage_dseg", "edema_mask",
+         "atlas_dseg", "preproc_template")
+
+
 def _figures(out_dir, bids_dir, relpath, meta, threads=1):
     """(html, notes) with the mosaics and the alignment check of one CT. The figures are
     drawn side by side on ``threads`` threads (numpy, scipy and Pillow's PNG encoder release
@@ -56,8 +61,8 @@ def _figures(out_dir, bids_dir, relpath, meta, threads=1):
     parts, notes = [], []
     source = Path(bids_dir) / relpath if bids_dir else None
     template = Path((meta.get("Template") or {}).get("Path") or "")
-    # every file a figure shows, read and decompressed once, side by side
-    imgs = _read({**files, "source": source, "template": template})
+    # every file a figure shows (and no other), read and decompressed once, side by side
+    imgs = _read({**{k: files[k] for k in SHOWN}, "source": source, "template": template})
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
         jobs = {}
         if "source" in imgs:
