@@ -239,7 +239,7 @@ def main():
         report["e2e"]["ratio_core"] = round(e2e["wall_s"] / core, 2)
         # on a shared machine wall time follows the load; CPU time does not
         report["e2e"]["ratio_cpu"] = round(e2e["cpu_s"] / report["stage_sum_cpu_s"], 2)
-        for key, func in (("report", lambda: time_report(tmp)),
+        for key, func in (("report", lambda: time_report(tmp, threads=args.threads)),
                           ("throughput", lambda: throughput(head, tmp, args, e2e["model"])),
                           ("group", lambda: group_level(tmp, args.group_cts))):
             if key in args.skip:
@@ -452,8 +452,9 @@ def run_e2e(head, data_dir, tmp, args):
             "peak_gb": max(r["peak_gb"] for r in runs), "model": model}
 
 
-def time_report(tmp, repeats=3):
-    """The participant report rebuilt from the e2e outputs, in this process: seconds per CT.
+def time_report(tmp, repeats=3, threads=1):
+    """The participant report rebuilt from the e2e outputs, in this process: seconds per CT,
+    on ``threads`` threads (the e2e run's: --nprocs 1 x --omp-nthreads THREADS).
     The first build also imports matplotlib and Pillow (once per run, not per CT); the
     figure is the median of the next ``repeats``."""
     from deepbleed_bids.reports.participant import write_participant_report
@@ -461,7 +462,7 @@ def time_report(tmp, repeats=3):
     times, cpu = [], []
     for _ in range(repeats + 1):
         start, c = time.perf_counter(), time.process_time()
-        write_participant_report(tmp / "out", tmp / "bids", "01")
+        write_participant_report(tmp / "out", tmp / "bids", "01", threads=threads)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - c)
     warm = sorted(times[1:])[len(times[1:]) // 2]
