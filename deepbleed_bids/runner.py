@@ -92,30 +92,22 @@ def _run_bidsapp(config):
     with bidsapp.run_logs(config, now=config.reports_only):
         if config.reports_only:
             return bidsapp.reports_only(config, write_reports)
-        _validate(config)
-        if config.work_dir:  # its version stamp is checked before anything is written
-            bidsapp.prepare_work_dir(config)
-        return _run_participant(config)
+        from . import worker
+
+        with worker.started(uses_network_worker(config)):
+            bidsapp.validate_input(config)
+            if config.work_dir:  # its version stamp is checked before anything is written
+                bidsapp.prepare_work_dir(config)
+            return _run_participant(config)
 
 
-def imports_during_validation(config):
-    """Whether TensorFlow is imported while the validator runs: only when the nodes run
-    in this process (Linear plugin) and a network will run."""
+def uses_network_worker(config):
+    """Whether the run starts a network worker (deepbleed_bids.worker) that imports TensorFlow
+    on another core from the start: only when the nodes run in this process (Linear plugin)
+    and a network will run. MultiProc and cluster workers import it in their own processes."""
     from .execution import plugin_settings
 
-    return not (config.skip_bids_validation or config.boilerplate_only) \
-        and plugin_settings(config)[0] == "Linear"
-
-
-def _validate(config):
-    """The validator on the input; see :func:`imports_during_validation`. The network
-    needs TensorFlow later, and the validator's subprocess leaves this process idle."""
-    from . import bidsapp
-    from .execution import while_importing
-
-    if imports_during_validation(config):
-        return while_importing(lambda: bidsapp.validate_input(config))
-    return bidsapp.validate_input(config)
+    return not config.boilerplate_only and plugin_settings(config)[0] == "Linear"
 
 
 def _run_participant(config):

@@ -1,6 +1,4 @@
 """Nipype interface: the VNet forward pass on the template grid."""
-import time
-
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 
@@ -36,43 +34,18 @@ class VNetSegment(SimpleInterface):
     output_spec = _SegmentOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nib
-        import numpy as np
-
-        from ..model.device import configure
-        from ..model.predict import predict_passes
-        from ..model.zoo import ModelSpec, load_model
-        from ..nifti import like
-        from ..utils import out_path
-
-        start = time.perf_counter()
         from nipype.interfaces.base import isdefined
 
-        precision = self.inputs.precision if isdefined(self.inputs.precision) else None
-        plan = configure(self.inputs.device, self.inputs.mixed_precision, self.inputs.num_threads,
-                         precision=precision)
-        spec = ModelSpec(**self.inputs.model_spec)
-        img = nib.load(self.inputs.in_file)
-        volume = np.asanyarray(img.dataobj).astype(np.float32)
-        patch = spec.patch_size or 0
-        model = load_model(spec, input_shape=(*((patch,) * 3 if patch else volume.shape), 1))
-        t0 = time.perf_counter()
-        from ..model.predict import dropout_twin, resolve_tta
+        from .. import worker
+        from ..model.segment import segment
 
-        mc_model = dropout_twin(model, spec) if resolve_tta(self.inputs.tta, plan["device"]) == "flip+mc" else None
-        passes, tta = predict_passes(model, volume, self.inputs.tta, patch_size=patch,
-                                     device=plan["device"], seed=self.inputs.seed, mc_model=mc_model)
-        prob = np.mean(passes, axis=0, dtype=np.float32) if len(passes) > 1 else passes[0]
-        forward = time.perf_counter() - t0
-        from ..nifti import voxel_volume_ml
-        from ..uncertainty import pass_agreement
-
-        agreement = {**tta, **pass_agreement(passes, voxel_volume_ml(img),
-                                             self.inputs.threshold)}
-        out = out_path(runtime.cwd, self.inputs.in_file, "probseg")
-        nib.save(like(prob, img, dtype=np.float32), out)
-        self._results.update(out_probseg=out, device_plan=plan, forward_s=forward, agreement=agreement,
-                             elapsed=time.perf_counter() - start)
+        # in the run's network worker when there is one (TensorFlow imported there at start-up)
+        self._results.update(worker.run(
+            segment, in_file=self.inputs.in_file, out_dir=runtime.cwd, model_spec=dict(self.inputs.model_spec),
+            device=self.inputs.device, mixed_precision=self.inputs.mixed_precision,
+            precision=self.inputs.precision if isdefined(self.inputs.precision) else None,
+            num_threads=self.inputs.num_threads, tta=self.inputs.tta, threshold=self.inputs.threshold,
+            seed=self.inputs.seed))
         return runtime
 
 
