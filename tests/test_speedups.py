@@ -125,3 +125,36 @@ def test_quick_exit_freezes_the_objects_left_for_the_last_collection():
         assert quick_exit(3) == 3 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def _scipy_largest(mask, connectivity):
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(mask, structure=ndi.generate_binary_structure(mask.ndim, connectivity))
+    if n <= 1:
+        return lab > 0
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == np.argmax(sizes)
+
+
+@pytest.mark.parametrize("shape", [(40, 50, 30), (64, 48)])
+def test_largest_component_is_scipys_choice_ties_included(shape):
+    """cc3d labels faster; the component chosen is the one scipy.ndimage.label picks, in
+    every connectivity, for C and Fortran arrays, and when two components tie for largest."""
+    from deepbleed_bids.nifti import largest_component
+
+    rng = np.random.default_rng(5)
+    for density in (0.05, 0.3, 0.45):
+        mask = rng.random(shape) < density
+        for connectivity in (1, 2, 3)[:len(shape)]:
+            for m in (mask, np.asfortranarray(mask)):
+                assert np.array_equal(largest_component(m, connectivity), _scipy_largest(m, connectivity))
+    tie = np.zeros(shape, bool)  # two single voxels and two 2-voxel bars: the first bar wins
+    tie[(5,) * len(shape)] = tie[(20,) * len(shape)] = True
+    tie[(30, 3) + (3,) * (len(shape) - 2)] = tie[(31, 3) + (3,) * (len(shape) - 2)] = True
+    tie[(10, 40) + (8,) * (len(shape) - 2)] = tie[(11, 40) + (8,) * (len(shape) - 2)] = True
+    for m in (tie, np.asfortranarray(tie)):
+        out = largest_component(m, 1)
+        assert np.array_equal(out, _scipy_largest(m, 1)) and out.sum() == 2 and out[(10, 40) + (8,) * (len(shape) - 2)]
+    assert not largest_component(np.zeros(shape, bool), 1).any()

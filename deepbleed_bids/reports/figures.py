@@ -1,14 +1,13 @@
 """Report figures of one CT: native mosaics with the masks, the template alignment check.
 
-matplotlib's object API (no pyplot, no display); figures come back as PNG bytes.
-Slices are shown in the radiological convention (patient's right on the left of
+Figures come back as PNG bytes (numpy and Pillow; matplotlib only for colours, colour
+maps and its font). Slices are shown in the radiological convention (patient's right on the left of
 the screen, anterior up), with a brain window (0-80 HU).
 
 Speed (issue #13: <= 2 s per CT): every panel is composited in numpy (window, filled
 masks, mask edges as pixels), tiled into one image, and labels and lines are drawn
 on it with Pillow (matplotlib's font): no matplotlib figure, axes, contour or image
-resampling, which cost ~20 ms per call and ~60 calls per report. The ax-based
-helpers (_figure, _show, _contour, _fill, _label) stay for small extra panels.
+resampling, which cost ~20 ms per call and ~60 calls per report.
 """
 import io
 
@@ -21,32 +20,12 @@ BLEED_COLOR = "#ff2a2a"
 TEMPLATE_COLORS = ("#ffd000", "#ff4fd8")  # template brain edge, template CSF edge
 
 
-def _png(fig, dpi=90):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor())
-    return buf.getvalue()
-
-
-def _figure(n, cols, panel_in=2.2, aspect=1.0):
-    from matplotlib.figure import Figure
-
-    rows = int(np.ceil(n / cols))
-    fig = Figure(figsize=(cols * panel_in, rows * panel_in * aspect), facecolor="black")
-    axes = [fig.add_axes([(k % cols) / cols, 1 - (k // cols + 1) / rows, 1 / cols, 1 / rows])
-            for k in range(rows * cols)]
-    for ax in axes:
-        ax.set_axis_off()
-        ax.set_facecolor("black")
-    return fig, axes
-
-
 def canonical(img):
-    """(data, zooms) reoriented to the closest RAS axes (display only)."""
+    """(data, zooms) reoriented to the closest RAS axes (display only). The data are copied
+    into Fortran order: axial slices are then contiguous, and flipped views cost every
+    slice and reduction after it more than the one copy."""
     ras = nib.as_closest_canonical(img)
-    return np.asanyarray(ras.dataobj), np.array(ras.header.get_zooms()[:3], float)
+    return np.asfortranarray(ras.dataobj), np.array(ras.header.get_zooms()[:3], float)
 
 
 def _canonical_array(img):
@@ -67,43 +46,49 @@ def display_step(zooms, target_mm=DISPLAY_MM):
 def thin(plane, step, how="mean"):
     """A 2-D slice at ``step`` x coarser pixels: the mean of each block (images) or
     any (masks: a one-voxel lesion stays visible). The panels show ~200 px, so a
-    512^2 slice costs the renderer 4x the work for no visible detail."""
+    512^2 slice costs the renderer 4x the work for no visible detail. Summed over the
+    step^2 strided views: 5x faster than a reduction over a reshaped 4-D view."""
     if step == 1:
         return plane
     nx, ny = (plane.shape[0] // step) * step, (plane.shape[1] // step) * step
-    blocks = plane[:nx, :ny].reshape(nx // step, step, ny // step, step)
-    if how == "any":
-        return blocks.any(axis=(1, 3))
+    views = [plane[i:nx:step, j:ny:step] for i in range(step) for j in range(step)]
     if how == "first":  # labels: one voxel per block (no mixing of label values)
-        return blocks[:, 0, :, 0]
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+        return views[0]
+    if how == "any":
+        out = np.array(views[0], bool)
+        for view in views[1:]:
+            out |= view.astype(bool, copy=False)
+        return out
+    out = views[0].astype(np.float32)
+    for view in views[1:]:
+        out += view
+    return out / np.float32(step * step)
 
 
-def _show(ax, plane, zooms_xy, window=WINDOW_HU):
-    # plane axes: (x: left->right, y: posterior->anterior); radiological: flip x
-    ax.imshow(plane.T[:, ::-1], cmap="gray", vmin=window[0], vmax=window[1], origin="lower",
-              aspect=zooms_xy[1] / zooms_xy[0], interpolation="antialiased")
+def square_pixels(plane, zooms_xy, how="mean", target_mm=DISPLAY_MM):
+    """A 2-D slice with ~``target_mm`` square pixels: an axis finer than that is thinned
+    (block mean, or any for masks), a coarser one (thick slices) repeated."""
+    out = np.asarray(plane)
+    for axis, z in enumerate(zooms_xy[:2]):
+        step = max(1, int(round(target_mm / float(z))))
+        if step > 1:
+            n = (out.shape[axis] // step) * step
+            blocks = out[(slice(None),) * axis + (slice(0, n),)]
+            blocks = blocks.reshape(out.shape[:axis] + (n // step, step) + out.shape[axis + 1:])
+            out = blocks.any(axis=axis + 1) if how == "any" else blocks.mean(axis=axis + 1, dtype=np.float32)
+        rep = max(1, int(round(float(z) * step / target_mm)))
+        if rep > 1:
+            out = np.repeat(out, rep, axis=axis)
+    return out
 
 
-def _contour(ax, mask, color, width=0.9):
-    if mask.any() and not mask.all():
-        ax.contour(mask.T[:, ::-1].astype(np.float32), levels=[0.5], colors=[color], linewidths=width)
+MAX_DETAIL_PX = 256  # a cropped panel larger than this is thinned (a whole head is 500+ px)
 
 
-def _fill(ax, mask, color, zooms_xy, alpha=0.35):
-    from matplotlib.colors import to_rgba
-
-    if mask.any():
-        rgba = np.zeros(mask.T.shape + (4,), np.float32)
-        rgba[mask.T[:, ::-1]] = to_rgba(color, alpha)
-        ax.imshow(rgba, origin="lower", aspect=zooms_xy[1] / zooms_xy[0], interpolation="nearest")
-
-
-def _label(ax, text, where="tl", size=8):
-    x, ha = (0.03, "left") if where[1] == "l" else (0.97, "right")
-    y, va = (0.97, "top") if where[0] == "t" else (0.03, "bottom")
-    ax.text(x, y, text, color="white", fontsize=size, ha=ha, va=va, transform=ax.transAxes)
-
+def crop_step(sx, sy, max_px=MAX_DETAIL_PX):
+    """In-plane stride of a cropped panel: 1 (full detail) unless the crop spans more than
+    ``max_px`` voxels, e.g. a very large or scattered mask, where the crop is the whole head."""
+    return max(1, int(np.ceil(max(sx.stop - sx.start, sy.stop - sy.start) / max_px)))
 
 
 # ------------------------------------------------------------------ numpy compositing
@@ -274,10 +259,12 @@ def _crop(mask, zooms, margin_mm=15.0):
     return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
 
 
-def _to_screen(x, y, sx, sy):
-    """Data (x, y) indices -> (column, row) of a cropped, displayed (radiological) panel."""
-    width, height = sx.stop - sx.start, sy.stop - sy.start
-    return width - 1 - (x - sx.start), height - 1 - (y - sy.start)
+def _to_screen(x, y, sx, sy, step=1):
+    """Data (x, y) indices -> (column, row) of a cropped, displayed (radiological) panel
+    thinned by ``step`` (block b shows voxels b*step .. b*step + step - 1)."""
+    width, height = (sx.stop - sx.start) // step, (sy.stop - sy.start) // step
+    return (width - 1 - (x - sx.start - (step - 1) / 2) / step,
+            height - 1 - (y - sy.start - (step - 1) / 2) / step)
 
 
 def detail_mosaic(ct, brain, bleed, zooms, abc=None, n=18, cols=6):
@@ -289,17 +276,19 @@ def detail_mosaic(ct, brain, bleed, zooms, abc=None, n=18, cols=6):
     if abc and abc.get("slice") is not None and abc["slice"] not in slices:
         slices = sorted(slices[:-1] + [abc["slice"]])
     sx, sy = _crop(bleed > 0, zooms)
-    mosaic = Mosaic(len(slices), cols, (sy.stop - sy.start, sx.stop - sx.start), min_px=216)
+    step = crop_step(sx, sy)
+    mosaic = Mosaic(len(slices), cols, ((sy.stop - sy.start) // step, (sx.stop - sx.start) // step),
+                    min_px=216)
     for i, k in enumerate(slices):
-        rgb = gray(ct[sx, sy, k])
-        edge(rgb, brain[sx, sy, k] > 0, BRAIN_COLOR)
-        edge(rgb, bleed[sx, sy, k] > 0, BLEED_COLOR)
+        rgb = gray(thin(ct[sx, sy, k], step))
+        edge(rgb, thin(brain[sx, sy, k] > 0, step, "any"), BRAIN_COLOR)
+        edge(rgb, thin(bleed[sx, sy, k] > 0, step, "any"), BLEED_COLOR)
         mosaic.put(i, displayed(rgb))
         mosaic.label(i, f"z {k}", "bl", 7)
         if abc and abc.get("slice") == k and abc.get("a_line"):
             for line, color, name in ((abc["a_line"], "#7CFC00", "A"), (abc["b_line"], "#ffa500", "B")):
                 (x0, y0), (x1, y1) = line
-                (c0, r0), (c1, r1) = _to_screen(x0, y0, sx, sy), _to_screen(x1, y1, sx, sy)
+                (c0, r0), (c1, r1) = _to_screen(x0, y0, sx, sy, step), _to_screen(x1, y1, sx, sy, step)
                 mosaic.line(i, [c0, c1], [r0, r1], color, name)
             mosaic.label(i, f"A {abc['a_mm']:.0f} mm  B {abc['b_mm']:.0f} mm", "tl", 7)
     return mosaic.png()
@@ -339,25 +328,42 @@ def skull_base_figure(ct, brain, zooms):
     if not np.any(brain):
         return None
     x, y = skull_base_planes(ct, brain)
-    fig, axes = _figure(2, 2, panel_in=3.0)
-    # sagittal: (y, z) with anterior on the left (_show flips the first axis); coronal: radiological
-    for ax, plane, mask, zxy, text in (
-            (axes[0], ct[x], brain[x], zooms[[1, 2]], f"sagittal x {x}  (anterior left)"),
-            (axes[1], ct[:, y], brain[:, y], zooms[[0, 2]], f"coronal y {y}  (R left, petrous)")):
-        _show(ax, plane, zxy, SKULL_BASE_WINDOW_HU)
-        _contour(ax, mask > 0, BRAIN_COLOR, 0.8)
-        _label(ax, text, "tl", 7)
-    return _png(fig)
+    # sagittal (y, z): anterior on the left; coronal (x, z): radiological (displayed() flips)
+    panels = []
+    for plane, mask, zxy, text in ((ct[x], brain[x] > 0, zooms[[1, 2]], f"sagittal x {x}  (anterior left)"),
+                                   (ct[:, y], brain[:, y] > 0, zooms[[0, 2]], f"coronal y {y}  (R left, petrous)")):
+        rgb = gray(square_pixels(plane, zxy), SKULL_BASE_WINDOW_HU)
+        edge(rgb, square_pixels(mask, zxy, "any"), BRAIN_COLOR)
+        panels.append((displayed(rgb), text))
+    shape = np.max([p.shape[:2] for p, _ in panels], axis=0) + (16, 0)  # a black strip for the label
+    mosaic = Mosaic(2, 2, tuple(shape), min_px=270)
+    for k, (screen, text) in enumerate(panels):
+        panel = np.zeros((mosaic.h // mosaic.zoom, mosaic.w // mosaic.zoom, 3), np.float32)
+        top = panel.shape[0] - screen.shape[0]  # the slices at the bottom, the label above them
+        panel[top:, :screen.shape[1]] = screen
+        mosaic.put(k, panel)
+        mosaic.label(k, text, "tl", 7)
+    return mosaic.png()
+
+
+def template_csf(tpl, axis, k, sigma=1.0, erode=3):
+    """Slice ``k`` along ``axis`` of the template's CSF (smoothed density < 15 HU, 3 voxels
+    inside the brain), computed on a slab just thick enough for the smoothing (radius 4
+    sigma) and the erosion to reach it: the slice of the whole-volume maps, bit for bit,
+    at a tenth of the cost."""
+    from scipy import ndimage as ndi
+
+    reach = max(int(4.0 * sigma + 0.5), erode) + 1
+    lo, hi = max(0, k - reach), min(tpl.shape[axis], k + reach + 1)
+    slab = tpl[(slice(None),) * axis + (slice(lo, hi),)]  # basic slicing: np.take copies slowly
+    csf = (ndi.gaussian_filter(slab, sigma) < 15) & ndi.binary_erosion(slab != 0, iterations=erode)
+    return csf[(slice(None),) * axis + (k - lo,)]
 
 
 def alignment_figure(registered, template):
     """The registered scan (network input) with the template's edges, 3 views x 3 slices."""
-    from scipy import ndimage as ndi
-
     reg = np.asanyarray(registered.dataobj).astype(np.float32)
     tpl = np.asanyarray(template.dataobj).astype(np.float32)
-    brain_t = tpl != 0
-    csf = (ndi.gaussian_filter(tpl, 1.0) < 15) & ndi.binary_erosion(brain_t, iterations=3)
     shape = np.array(reg.shape)
     mosaic = Mosaic(9, 3, (max(shape),) * 2)
     for row, axis in enumerate((2, 1, 0)):  # axial, coronal, sagittal
@@ -365,11 +371,11 @@ def alignment_figure(registered, template):
             k = int(frac * shape[axis])
 
             def cut(a):
-                return np.take(a, k, axis=axis)
+                return a[(slice(None),) * axis + (k,)]
 
             rgb = gray(cut(reg))
-            edge(rgb, cut(brain_t), TEMPLATE_COLORS[0])
-            edge(rgb, cut(csf), TEMPLATE_COLORS[1])
+            edge(rgb, cut(tpl) != 0, TEMPLATE_COLORS[0])
+            edge(rgb, template_csf(tpl, axis, k), TEMPLATE_COLORS[1])
             screen = displayed(rgb, radiological=axis == 2)  # axial: radiological; others: as is
             panel = np.zeros((mosaic.h // mosaic.zoom, mosaic.w // mosaic.zoom, 3), np.float32)
             panel[:screen.shape[0], :screen.shape[1]] = screen
@@ -395,17 +401,19 @@ def split_uncertainty_mosaic(ct, dseg, prob, zooms, n=12, cols=6, band=(0.2, 0.8
     if not slices:
         return None
     sx, sy = _crop(region, zooms)
+    step = crop_step(sx, sy)
     cmap = colormaps[UNCERTAIN_CMAP]
-    mosaic = Mosaic(len(slices), cols, (sy.stop - sy.start, sx.stop - sx.start), min_px=216)
+    mosaic = Mosaic(len(slices), cols, ((sy.stop - sy.start) // step, (sx.stop - sx.start) // step),
+                    min_px=216)
     for i, k in enumerate(slices):
-        rgb = gray(ct[sx, sy, k])
+        rgb = gray(thin(ct[sx, sy, k], step))
         # closeness to 0.5 (1 at 0.5, 0 at the band's ends), only inside the band
-        inside = unsure[sx, sy, k]
+        inside = thin(unsure[sx, sy, k], step, "any")
         if inside.any():
-            u = 1 - np.abs(prob[sx, sy, k][inside] - 0.5) / 0.3
+            u = 1 - np.abs(thin(prob[sx, sy, k], step)[inside] - 0.5) / 0.3
             rgb[inside] = 0.4 * rgb[inside] + 0.6 * cmap(np.clip(u, 0, 1))[:, :3]
-        edge(rgb, dseg[sx, sy, k] == 1, BLEED_COLOR)
-        edge(rgb, dseg[sx, sy, k] == 2, IVH_COLOR)
+        edge(rgb, thin(dseg[sx, sy, k] == 1, step, "any"), BLEED_COLOR)
+        edge(rgb, thin(dseg[sx, sy, k] == 2, step, "any"), IVH_COLOR)
         mosaic.put(i, displayed(rgb))
         mosaic.label(i, f"z {k}", "bl", 7)
     return mosaic.png()

@@ -45,6 +45,11 @@ SHOWN = ("brain_mask", "hemorrhage_mask", "hemorrhage_probseg", "hemorrhage_dseg
          "atlas_dseg", "preproc_template")
 
 
+# the order files are read in: the first figures' first, the largest (probability) last
+READ_ORDER = ("source", "brain_mask", "hemorrhage_mask", "preproc_template", "template", "atlas_dseg",
+              "edema_mask", "hemorrhage_dseg", "hemorrhage_probseg")
+
+
 def _figures(out_dir, bids_dir, relpath, meta, threads=1):
     """(html, notes) with the mosaics and the alignment check of one CT. The figures are
     drawn side by side on ``threads`` threads (numpy, scipy and Pillow's PNG encoder release
@@ -61,24 +66,28 @@ def _figures(out_dir, bids_dir, relpath, meta, threads=1):
     parts, notes = [], []
     source = Path(bids_dir) / relpath if bids_dir else None
     template = Path((meta.get("Template") or {}).get("Path") or "")
-    # every file a figure shows (and no other), read and decompressed once, side by side
-    imgs = _read({**{k: files[k] for k in SHOWN}, "source": source, "template": template})
-    with ThreadPoolExecutor(max(1, int(threads))) as pool:
+    # every file a figure shows (and no other), read and decompressed once, side by side;
+    # each figure starts as soon as the files it shows are in (the probability map is last)
+    with ThreadPoolExecutor(4) as reader, ThreadPoolExecutor(max(1, int(threads))) as pool:
+        paths = {**{k: files[k] for k in SHOWN}, "source": source, "template": template}
+        imgs = _read({k: paths[k] for k in READ_ORDER}, reader)
         jobs = {}
+        if "template" in imgs and "preproc_template" in imgs:
+            jobs["alignment"] = pool.submit(lambda: F.alignment_figure(imgs["preproc_template"].result(),
+                                                                       imgs["template"].result()))
         if "source" in imgs:
-            ct_img = nib.as_closest_canonical(imgs["source"])
+            ct_img = nib.as_closest_canonical(imgs["source"].result())
             ct, zooms = F.canonical(ct_img)
             ct_img = nib.Nifti1Image(ct, ct_img.affine, ct_img.header)
-            brain, _ = F.canonical(imgs["brain_mask"])
-            bleed, _ = F.canonical(imgs["hemorrhage_mask"])
-            abc = QC.abc2(bleed > 0, ct_img.affine)
-            jobs = {"overview": pool.submit(F.overview_mosaic, ct, brain, bleed, zooms),
-                    "skull_base": pool.submit(F.skull_base_figure, ct, brain, zooms),
-                    "detail": pool.submit(F.detail_mosaic, ct, brain, bleed, zooms, abc),
-                    "split": pool.submit(_split_figure, imgs, ct, zooms, relpath),
-                    "trial": pool.submit(_trial_figure, imgs, ct_img, bleed, meta, relpath)}
-        if "template" in imgs and "preproc_template" in imgs:
-            jobs["alignment"] = pool.submit(F.alignment_figure, imgs["preproc_template"], imgs["template"])
+            brain, _ = F.canonical(imgs["brain_mask"].result())
+            bleed, _ = F.canonical(imgs["hemorrhage_mask"].result())
+            jobs.update({
+                "overview": pool.submit(F.overview_mosaic, ct, brain, bleed, zooms),
+                "detail": pool.submit(lambda: F.detail_mosaic(ct, brain, bleed, zooms,
+                                                              QC.abc2(bleed > 0, ct_img.affine))),
+                "skull_base": pool.submit(F.skull_base_figure, ct, brain, zooms),
+                "trial": pool.submit(_trial_figure, imgs, ct_img, bleed, meta, relpath),
+                "split": pool.submit(_split_figure, imgs, ct, zooms, relpath)})
         fig = {k: job.result() for k, job in jobs.items()}
     if "source" in imgs:
         parts.append("<h3>Native space: whole brain</h3><p class='legend'>axial, radiological (R on the left), "
@@ -110,11 +119,9 @@ def _figures(out_dir, bids_dir, relpath, meta, threads=1):
     return "\n".join(parts), notes
 
 
-def _read(paths):
-    """{key: image in memory} of the ``paths`` that are files (others left out), read on
-    threads: zlib inflates without the GIL, so two cores read two files at once."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _read(paths, pool):
+    """{key: future image in memory} of the ``paths`` that are files (others left out), read
+    on ``pool``'s threads: zlib inflates without the GIL, so two cores read two files at once."""
     import nibabel as nib
     import numpy as np
 
@@ -123,8 +130,7 @@ def _read(paths):
         return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
 
     found = {k: p for k, p in paths.items() if p and str(p).endswith((".nii", ".nii.gz")) and Path(p).is_file()}
-    with ThreadPoolExecutor(max(1, min(4, len(found)))) as pool:
-        return dict(zip(found, pool.map(read, found.values())))
+    return {k: pool.submit(read, p) for k, p in found.items()}
 
 
 def _split_figure(imgs, ct, zooms, relpath):
@@ -133,8 +139,8 @@ def _split_figure(imgs, ct, zooms, relpath):
 
     if not ("hemorrhage_dseg" in imgs and "hemorrhage_probseg" in imgs):
         return ""
-    dseg, _ = F.canonical(imgs["hemorrhage_dseg"])
-    prob, _ = F.canonical(imgs["hemorrhage_probseg"])
+    dseg, _ = F.canonical(imgs["hemorrhage_dseg"].result())
+    prob, _ = F.canonical(imgs["hemorrhage_probseg"].result())
     png = F.split_uncertainty_mosaic(ct, dseg, prob, zooms)
     if png is None:
         return ""
@@ -157,7 +163,8 @@ def _trial_figure(imgs, ct_img, bleed, meta, relpath):
     measure = meta.get("MidlineShiftMeasurement") or {}
     msp = measure.get("MidSagittalPlane") or {}
     plane = (msp["Normal"], msp["Offset"]) if msp.get("Normal") else None
-    png = F.trial_mosaic(ct_img, imgs["atlas_dseg"], bleed, imgs.get("edema_mask"), classes, plane,
+    edema = imgs["edema_mask"].result() if "edema_mask" in imgs else None
+    png = F.trial_mosaic(ct_img, imgs["atlas_dseg"].result(), bleed, edema, classes, plane,
                          measure.get("MidlineShiftSigned"))
     if png is None:
         return ""
