@@ -3,7 +3,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage as ndi
 
 from .errors import InputError
 from .utils import atomic_path
