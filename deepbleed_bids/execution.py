@@ -75,6 +75,48 @@ def plugin_settings(config):
     return plugin, user
 
 
+# What the nodes of a local run import (in this process, or in MultiProc workers forked from
+# it): antspyx, which pulls in pandas, statsmodels, scikit-learn and matplotlib (~3 s on an
+# AMD EPYC). TensorFlow is imported by the network worker (deepbleed_bids.worker) instead.
+WARM_MODULES = ("ants",)
+
+
+def warm_imports(modules=WARM_MODULES):
+    """Import ``modules`` on a background thread; returns the thread.
+
+    A failed import is left to the step that needs the module, which reports it.
+    """
+    import importlib
+    import threading
+
+    def run():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001,S110  the node importing it reports the error
+                pass
+
+    thread = threading.Thread(target=run, name="deepbleed-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+def while_importing(func, modules=WARM_MODULES):
+    """``func()`` while ``modules`` are imported on a thread; returns when both are done.
+
+    For a ``func`` that waits on a subprocess (the BIDS validator): it holds neither the
+    GIL nor an import lock, so the imports cost no wall time up to its length.
+    Measured on 2 cores, imports beside a Python-heavy node slowed it by more than they
+    took alone (GIL). Joined before returning, so no node ever imports a package while
+    this thread does, and nothing forks during the import.
+    """
+    thread = warm_imports(modules)
+    try:
+        return func()
+    finally:
+        thread.join()
+
+
 def poll_seconds(plugin):
     """How often nipype's scheduler looks for finished nodes (its default: every 2 s).
 

@@ -95,7 +95,7 @@ def _run_bidsapp(config):
         from . import worker
 
         with worker.started(uses_network_worker(config)):
-            bidsapp.validate_input(config)
+            _validate(config)
             if config.work_dir:  # its version stamp is checked before anything is written
                 bidsapp.prepare_work_dir(config)
             return _run_participant(config)
@@ -108,6 +108,26 @@ def uses_network_worker(config):
     from .execution import plugin_settings
 
     return not config.boilerplate_only and plugin_settings(config)[0] == "Linear"
+
+
+def imports_during_validation(config):
+    """Whether the nodes' modules (execution.WARM_MODULES) are imported while the validator
+    runs: for local runs, whose nodes run in this process or in workers forked from it."""
+    from .execution import plugin_settings
+
+    return not (config.skip_bids_validation or config.boilerplate_only) \
+        and plugin_settings(config)[0] in ("Linear", "MultiProc", "LegacyMultiProc")
+
+
+def _validate(config):
+    """The validator on the input; its subprocess leaves this process idle, so the nodes'
+    modules are imported meanwhile (see :func:`imports_during_validation`)."""
+    from . import bidsapp
+    from .execution import while_importing
+
+    if imports_during_validation(config):
+        return while_importing(lambda: bidsapp.validate_input(config))
+    return bidsapp.validate_input(config)
 
 
 def _run_participant(config):

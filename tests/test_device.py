@@ -130,3 +130,13 @@ def test_resolving_a_model_does_not_import_keras():
 
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_warm_imports_loads_modules_on_a_background_thread():
+    import sys
+
+    from deepbleed_bids.execution import warm_imports
+
+    thread = warm_imports(("json", "deepbleed_bids.no_such_module"))
+    thread.join(30)
+    assert not thread.is_alive() and thread.daemon and "json" in sys.modules

@@ -115,6 +115,66 @@ def test_mosaic_panels_edges_and_labels():
     assert np.array_equal(shown[-1, -1], rgb[0, 0])
 
 
+def _slow_module(name, seconds):
+    """A meta-path finder whose module ``name`` takes ``seconds`` to import."""
+    import importlib.util
+    import time
+
+    class Loader:
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            time.sleep(seconds)
+
+    class Finder:
+        def find_spec(self, fullname, path=None, target=None):
+            return importlib.util.spec_from_loader(fullname, Loader()) if fullname == name else None
+
+    return Finder()
+
+
+def test_while_importing_overlaps_the_imports_and_returns_after_both():
+    """The validator's wait and the nodes' imports (ANTs) overlap; nothing runs after until both end."""
+    import sys
+    import threading
+    import time
+
+    from deepbleed_bids.execution import while_importing
+
+    name = "deepbleed_bids_slow_test_module"
+    sys.meta_path.insert(0, _slow_module(name, 0.6))
+    try:
+        start = time.monotonic()
+        out = while_importing(lambda: (time.sleep(0.6), "validated")[1], modules=(name,))
+        elapsed = time.monotonic() - start
+        assert out == "validated" and name in sys.modules
+        assert elapsed < 1.1, f"{elapsed:.2f} s: the import and the wait ran one after the other"
+        assert not [t for t in threading.enumerate() if t.name == "deepbleed-warm-imports"]
+        sys.modules.pop(name)
+        with pytest.raises(RuntimeError, match="refused"):  # the caller's error comes through
+            while_importing(lambda: (_ for _ in ()).throw(RuntimeError("refused")), modules=(name,))
+        assert name in sys.modules
+    finally:
+        sys.meta_path.pop(0)
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"nprocs": 1}, True),
+    ({"nprocs": 2}, True),  # MultiProc workers fork from this process after the import
+    ({"nprocs": 2, "plugin": "SLURM", "work_dir": "/w"}, False),  # nodes run elsewhere
+    ({"nprocs": 1, "skip_bids_validation": True}, False),
+    ({"nprocs": 1, "boilerplate_only": True}, False),  # no node runs
+])
+def test_node_modules_load_during_validation_for_local_runs_only(tmp_path, settings, expected):
+    from deepbleed_bids.config import Config
+    from deepbleed_bids.runner import imports_during_validation
+
+    config = Config(bids_dir=str(tmp_path), output_dir=str(tmp_path / "out"), **settings)
+    assert imports_during_validation(config) is expected
+
+
 def test_quick_exit_freezes_the_objects_left_for_the_last_collection():
     import gc
 
