@@ -268,3 +268,35 @@ def test_node_hash_identifies_the_weights_by_sha256_not_by_reading_them(tmp_path
     weights.write_bytes(b"b" * 1000)  # same sha256 recorded: same cache entry
     assert hashval("abc")[0] == first
     assert hashval("def")[0] != first  # other weights: the step runs again
+
+
+def test_sink_hashes_its_work_files_by_size_and_time(tmp_path, template_path):
+    """The derivatives sink of a CT's workflow identifies its (large) input files by size and
+    modification time, not by reading them: a step that runs again writes new files, so the
+    sink runs again; files left as they are cost no hashing."""
+    import os
+
+    from deepbleed_bids.config import Config
+    from deepbleed_bids.workflows.ct import init_ct_wf
+
+    config = Config(bids_dir=str(tmp_path), output_dir=str(tmp_path / "out"), template=str(template_path),
+                    model_spec={"id": "m", "path": "m.weights.h5", "sha256": "abc"})
+    source = {"path": str(tmp_path / "sub-01_ct.nii.gz"), "relpath": "sub-01/ct/sub-01_ct.nii.gz",
+              "entities": {"subject": "01"}, "metadata": {}}
+    (tmp_path / "sub-01_ct.nii.gz").write_bytes(b"the source exists; it is not read here")
+    sink = init_ct_wf(config, source).get_node("ds_outputs")
+    assert sink.config["execution"]["hash_method"] == "timestamp"
+    probseg = tmp_path / "probseg.nii.gz"
+    probseg.write_bytes(b"a" * 1000)
+    os.utime(probseg, (1e9, 1e9))
+    sink.inputs.hemorrhage_probseg = str(probseg)
+
+    def hashval():
+        return sink.inputs.get_hashval(hash_method=sink.config["execution"]["hash_method"])[1]
+
+    first = hashval()
+    probseg.write_bytes(b"b" * 1000)  # same size and time: not read
+    os.utime(probseg, (1e9, 1e9))
+    assert hashval() == first
+    os.utime(probseg, (1e9 + 5, 1e9 + 5))  # written again by a step that ran again
+    assert hashval() != first

@@ -48,6 +48,9 @@ def init_ct_wf(config, source, name=None):
     sink = pe.Node(WriteDerivatives(config=config.to_dict(), source=source,
                                     warnings=source.get("warnings", [])),
                    name="ds_outputs", run_without_submitting=True)
+    # The sink's inputs are this run's own work files (~50 MB): hashing them by content cost
+    # 1.5 s per CT. Size and time suffice: a step that runs again writes new files.
+    sink.config = {"execution": {"hash_method": "timestamp"}}
     po = "outputnode."
     wf.connect([
         (preproc, segment, [(po + "template_ct", "in_file")]),
