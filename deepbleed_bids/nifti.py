@@ -80,9 +80,11 @@ def largest_component(mask, connectivity):
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     best = np.flatnonzero(sizes == sizes.max())
-    if best.size > 1:
-        first = [np.flatnonzero(lab == b)[0] for b in best]  # C order, whatever the memory layout
-        best = best[np.argsort(first)]
+    if best.size > 1:  # the tied component met first in C order, whatever the memory layout
+        flat = lab.ravel()
+        tied = np.zeros(n + 1, bool)
+        tied[best] = True
+        best = [flat[np.argmax(tied[flat])]]
     return lab == best[0]
 
 

@@ -218,3 +218,6 @@ def test_largest_component_is_scipys_choice_ties_included(shape):
         out = largest_component(m, 1)
         assert np.array_equal(out, _scipy_largest(m, 1)) and out.sum() == 2 and out[(10, 40) + (8,) * (len(shape) - 2)]
     assert not largest_component(np.zeros(shape, bool), 1).any()
+    grid = np.zeros(shape, bool)  # hundreds of single voxels, all tied
+    grid[(slice(3, None, 4),) * len(shape)] = True
+    assert np.array_equal(largest_component(np.asfortranarray(grid), 1), _scipy_largest(grid, 1))
