@@ -94,7 +94,7 @@ def _run_bidsapp(config):
             return bidsapp.reports_only(config, write_reports)
         from . import worker
 
-        with worker.started(uses_network_worker(config)):
+        with worker.started(uses_network_worker(config), log=log):
             _validate(config)
             if config.work_dir:  # its version stamp is checked before anything is written
                 bidsapp.prepare_work_dir(config)

@@ -96,8 +96,9 @@ class Worker:
                 why = " (killed: out of memory?)" if code == -signal.SIGKILL else ""
                 raise WorkerDied(
                     f"the network's worker process (pid {self.pid}) ended with exit code {code}{why} "
-                    f"while running {func.__name__}; later steps run in the main process. If memory is "
-                    "short, run fewer images at once (--nprocs) or give the container more memory."
+                    f"while running {func.__name__}; later images run the network in the main "
+                    "process. The network needs ~1.5 GB at 128^3 on the CPU: if memory is short, "
+                    "give the run (or the container) more."
                 ) from err
         if ok:
             return value
@@ -105,8 +106,9 @@ class Worker:
             value.add_note(f"in the network worker process (pid {self.pid}):\n{tb}")
         raise value
 
-    def close(self, timeout=10.0):
-        """Ask the worker to end; stop it if it does not."""
+    def close(self, timeout=2.0):
+        """Ask the worker to end; stop it if it does not (e.g. still importing TensorFlow
+        when a run ends early: no need to wait for it)."""
         if self._proc.is_alive():
             try:
                 with self._lock:
@@ -124,15 +126,20 @@ class Worker:
 class started:
     """``with started():`` a worker for this process's calls to :func:`run`; closed on exit."""
 
-    def __init__(self, enabled=True, modules=MODULES):
+    def __init__(self, enabled=True, modules=MODULES, log=print):
         self.enabled = enabled
         self.modules = modules
+        self.log = log
         self.worker = None
 
     def __enter__(self):
         global _active
         if self.enabled:
-            self.worker = _active = Worker(self.modules)
+            try:
+                self.worker = _active = Worker(self.modules)
+            except OSError as err:  # e.g. a process limit: run the network here
+                self.log(f"warning: network worker not started ({err}); the network runs in the "
+                         "main process")
         return self.worker
 
     def __exit__(self, *exc):

@@ -117,3 +117,16 @@ def test_worker_for_in_process_runs_only(tmp_path, settings, expected):
 
     config = Config(bids_dir=str(tmp_path), output_dir=str(tmp_path / "out"), **settings)
     assert uses_network_worker(config) is expected
+
+
+def test_a_worker_that_cannot_start_leaves_the_network_here(monkeypatch):
+    """A process limit (or any OSError starting it) is a warning, not a failed run."""
+    said = []
+
+    def refuse(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(worker, "Worker", refuse)
+    with worker.started(log=said.append) as w:
+        assert w is None and worker.run(os.getpid) == os.getpid()
+    assert "network worker not started" in said[0] and "Resource temporarily unavailable" in said[0]
