@@ -76,6 +76,7 @@ RUN python -m venv /opt/venv \
       "pydicom==3.0.2" \
       "highdicom==0.28.2" \
       "edt==3.1.2" \
+      "connected-components-3d==4.1.1" \
       "bids-validator-deno==3.0.2" \
       "tomli==2.2.1" \
       "tomli-w==1.2.0" \
