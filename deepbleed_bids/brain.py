@@ -40,6 +40,7 @@ BONE_CLOSE_MM = 5.0        # seals sutures, foramina and fissures narrower than 
 OPEN_MM = 4.0              # cuts tissue bridges narrower than ~8 mm (optic canal, fissures)
 GROW_MM = 3.0              # room for the native threshold around the coarse brain
 NATIVE_CLOSE_MM = 1.0
+AIR_HU = -300.0            # the array's border opens a section only where it is air (or padding)
 
 
 def brain_volume_ml(mask, affine):
@@ -87,7 +88,15 @@ def extract_brain(data, affine):
     coarse = _sample(hu, step, cshape)
 
     closed = _erode(_dilate(shell, BONE_CLOSE_MM, czooms), BONE_CLOSE_MM, czooms) | shell
-    cranium = _fill_holes(closed, 0) | _fill_holes(closed, 1) | _fill_holes(closed, 2)
+    # Beyond the array lies what was not scanned, not air: a section leaves the head through
+    # the array's border only where that border is air. A scan cut through the cranium
+    # (vertex or skull base missing) otherwise opens every section that reaches the cut,
+    # and where the skull base opens the others too, whole blocks of brain were dropped.
+    air = coarse < AIR_HU
+    cranium = (_fill_holes(closed, 0, air) | _fill_holes(closed, 1, air)
+               | _fill_holes(closed, 2, air))
+    for axis in range(3):
+        cranium |= _fill_oblique(closed, air, axis)
     tissue = (coarse >= TISSUE_HU[0]) & (coarse <= TISSUE_HU[1]) & cranium & ~bone
     core = largest_component(_erode(tissue, OPEN_MM, czooms), connectivity=1)
     if not core.any():
@@ -143,11 +152,38 @@ def _close(mask, zooms):
     return closed[tuple(slice(s, n + s) for s, n in zip(steps, mask.shape))]
 
 
-def _fill_holes(mask, axis=None):
+def _fill_oblique(mask, open_border, axis, angle_deg=45.0):
+    """Sections of ``mask`` (a near-isotropic grid) filled along the two diagonal directions
+    in the plane across ``axis``: a head turned against its voxel axes may leave a spot open in
+    all three voxel-axis sections (near the orbits and the skull base) but not in these."""
+    a, b = [k for k in range(3) if k != axis]
+    plane = np.array([mask.shape[a], mask.shape[b]], float)
+    centre = (plane - 1) / 2
+    t = np.radians(angle_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    half = np.abs(np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]]) * centre @ rot).max(axis=0)
+    size = np.ceil(2 * half).astype(int) + 1
+
+    def nearest(points, shape):  # nearest voxel, clipped: beyond the array is its border's value
+        return tuple(np.clip(np.rint(p), 0, n - 1).astype(np.intp) for p, n in zip(points, shape))
+
+    # rotated grid u -> array x = rot @ (u - half) + centre, in the plane of a and b only
+    u = np.stack(np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")).reshape(2, -1)
+    src = nearest(rot @ (u - half[:, None]) + centre[:, None], plane.astype(int))
+    m = np.moveaxis(mask, (a, b), (0, 1))[src].reshape(*size, -1)  # plane axes first
+    o = np.moveaxis(open_border, (a, b), (0, 1))[src].reshape(*size, -1)
+    filled = _fill_holes(m, 0, o) | _fill_holes(m, 1, o)
+    x = np.stack(np.meshgrid(np.arange(plane[0]), np.arange(plane[1]), indexing="ij")).reshape(2, -1)
+    back = nearest(rot.T @ (x - centre[:, None]) + half[:, None], size)
+    out = filled[back].reshape(int(plane[0]), int(plane[1]), -1)
+    return np.moveaxis(out, (0, 1), (a, b))
+
+
+def _fill_holes(mask, axis=None, open_border=None):
     """Fill holes in 3D, or in each 2D section across ``axis``.
 
-    Background is what reaches the array border (of the section); the rest
-    is a hole.
+    Background is what reaches the array border (of the section) where
+    ``open_border`` is True (default: everywhere); the rest is a hole.
     """
     structure = ndi.generate_binary_structure(3, 1)
     if axis is not None:
@@ -160,6 +196,8 @@ def _fill_holes(mask, axis=None):
             index = [slice(None)] * 3
             index[a] = [0, -1]
             border[tuple(index)] = True
+    if open_border is not None:
+        border &= open_border
     keep = np.ones(n + 1, bool)
     keep[labels[border]] = False
     keep[0] = True  # label 0 is the mask itself
