@@ -10,24 +10,32 @@ sform are the reference's.
 Registration (issue 10, issue 13 point 2): a numpy global search, then mutual
 information, all in this process.
 
-* Global start: 125 rotations (-40..40 deg in 20 deg steps about each axis)
-  around the principal-axes pose (the search moves with the scan: pose
-  invariance) x 3 head-foot shifts (-20, 0, +20 mm: a scan cut at the top or
-  bottom has its brain's centre of mass displaced), about the brain centres of
-  mass, scored on a 6 mm template grid; the 4 best distinct poses refined with
-  Powell on that grid, the 2 best of those refined on a 3 mm grid (1/3 of its
-  points, regular sampling), the best kept.
+* Global start: the 24 pairings of the two brains' principal axes, each scored as it
+  stands; around the 2 best, 125 rotations (-40..40 deg in 20 deg steps about each axis;
+  the search moves with the scan: pose invariance) x 3 head-foot shifts (-20, 0, +20 mm: a
+  scan cut at the top or bottom has its brain's centre of mass displaced), about the brain
+  centres of mass, scored on a 6 mm template grid; the 4 best distinct poses refined with
+  Powell on that grid, the 2 best of those refined on a 3 mm grid (1/3 of its points,
+  regular sampling), the best kept. Two pairings, not the one with the smallest rotation: a
+  brain cut at the top or bottom can change which of its axes is longest (a benchmark case
+  cut by 28 % at the bottom started 88 deg off and ended 98 mm off, unflagged).
 * Search metric: Pearson r (ANTs' GC) of HU clipped to [0, 50] (a hematoma
   weighs no more than grey matter) at template points within 10 mm of its
   brain, the brain-extracted CT 0 elsewhere, and 0 outside the scanned field of
   view too (ITK's metrics skip such points, which let a cut scan slide 9-23 mm:
   see _Level.score).
 * Fine stage (``FINE_MI``, fine="mi"): Powell on mutual information of HU
-  (-20..100 HU, 32 bins, linear Parzen window: :class:`_MILevel`) at 6 then 3 mm.
-  The Pearson optimum follows the brain's outline: on the GE head it sat 10 deg
-  of pitch from where ANTs' Mattes MI lands, and the ventricle prior carried
-  with it put 16 of 25 synthetic IVH volumes within target instead of 22. The
-  MI stage lands 0.9 mm from ANTs' pose there.
+  (-20..100 HU, 32 bins, linear Parzen window: :class:`_MILevel`) at 6 then 3 mm, over
+  the rigid parameters and an isotropic scale of the template about its brain's centre;
+  the scale is then dropped (the rigid part, which maps the template brain's centre where
+  the fit does) and recorded (``mi_scale``). A brain a few % smaller than the template
+  (the GE head: 0.955) fitted rigidly is centred on whatever part the scan holds, so a cut
+  at the top or bottom moved the rigid optimum by 2-6 mm; the fitted scale takes up the
+  size difference and the rigid part no longer depends on the coverage (benchmark: cut
+  heads 2.3-3.1 mm -> 0.5-1.6 mm). The network still sees a rigidly aligned scan.
+  The Pearson optimum follows the brain's outline: on the GE head it sat 10 deg of pitch
+  from where ANTs' Mattes MI lands, and the ventricle prior carried with it put 16 of 25
+  synthetic IVH volumes within target instead of 22.
 * Threads: poses are scored side by side and each MI score's interpolation is
   split into 4 fixed chunks on the threads given (scipy's interpolation releases
   the GIL); every sum runs alone in a fixed order, so the transform is the same
@@ -86,6 +94,7 @@ SEARCH_BLOCK = 4                # template blocks of 4 voxels: a 6 mm grid
 SEARCH_MOVING_MM = 3.0          # moving brain block-averaged to about this
 SEARCH_ANGLES_DEG = (-40.0, -20.0, 0.0, 20.0, 40.0)  # about each axis, around the brain centre
 SEARCH_SHIFTS_MM = (-20.0, 0.0, 20.0)  # head-foot shifts of the grid (partial coverage)
+SEARCH_PAIRINGS = 2             # principal-axes pairings (of 24) the grid goes around
 SEARCH_REFINE = 4               # best distinct grid starts refined locally (Powell)
 SEARCH_DISTINCT_MM = 10.0       # a refined start moves the brain by at least this from the others
 FINE_STARTS = 2                 # best refined starts taken to the 3 mm grid; best final kept
@@ -95,13 +104,13 @@ MI_BINS_NUMPY = 32
 # The numpy fine stage (fine="mi"): Powell on mutual information at 6 then 3 mm (half the
 # 3 mm points), from the search's pose.
 FINE_MI = {"metric": "mutual-information", "bins": MI_BINS_NUMPY, "hu": list(MI_HU),
-           "parzen": "linear", "sampling": "regular",
+           "parzen": "linear", "sampling": "regular", "scale": "isotropic, fitted then dropped",
            "levels": [{"grid_mm": 6.0, "moving_mm": 3.0, "smoothing_mm": 3.0, "stride": 1, "xtol": 0.2},
                       {"grid_mm": 3.0, "moving_mm": 1.5, "smoothing_mm": 1.5, "stride": 2, "xtol": 0.05}]}
 
 # The numpy registration (global search and refinement), as recorded in the sidecar; and
 # the former ANTs single-start settings (kept for the benchmark: register_rigid(search=False)).
-SEARCH = {"metric": "pearson", "clip_hu": list(CLIP_HU), "sampling": "regular",
+SEARCH = {"metric": "pearson", "clip_hu": list(CLIP_HU), "sampling": "regular", "axes_pairings": SEARCH_PAIRINGS,
           "grid_mm": [6.0, 3.0, 3.0], "moving_mm": [SEARCH_MOVING_MM, 1.5, 1.5],
           "smoothing_mm": [0.0, 1.5, 1.5], "sampling_stride": [1, 3, 1],
           "optimizer": "powell", "xtol": [0.5, 0.1, 0.05]}
@@ -218,20 +227,33 @@ def _principal_frame(mask, affine):
     return centre, np.sqrt(np.maximum(var, 0)), axes
 
 
+def _axes_pairings(moving_mask, moving_affine, fixed_mask, fixed_affine):
+    """The proper rotations (LPS, fixed->moving) that pair the principal axes of the two brains,
+    smallest first (the first is :func:`_initial_pose`'s); none if the moving brain's axes are
+    ambiguous. A brain cut at the top or bottom can swap which axis is longest, so the pairing
+    with the smallest rotation is not always the right one (88 deg off on a benchmark case)."""
+    _, _, vf = _principal_frame(fixed_mask, fixed_affine)
+    _, sd, vm = _principal_frame(moving_mask, moving_affine)
+    if not np.all(sd[1:] / np.maximum(sd[:-1], 1e-9) >= AXES_MIN_RATIO):
+        return []
+    candidates = [(vm[:, perm] * signs) @ vf.T
+                  for perm in itertools.permutations(range(3))
+                  for signs in itertools.product((1, -1), repeat=3)]
+    candidates = [c for c in candidates if np.linalg.det(c) > 0]
+    order = sorted(range(len(candidates)), key=lambda k: (-np.trace(candidates[k]), k))
+    return [candidates[k] for k in order]
+
+
 def _initial_pose(moving_mask, moving_affine, fixed_mask, fixed_affine):
     """Fixed->moving rigid map (LPS 4x4) that aligns brain centres and principal axes.
 
     Axes are paired by the smallest overall rotation, so a head is never
     turned over; if the moving brain's axes are ambiguous only centres are aligned.
     """
-    cf, _, vf = _principal_frame(fixed_mask, fixed_affine)
-    cm, sd, vm = _principal_frame(moving_mask, moving_affine)
-    rot = np.eye(3)
-    if np.all(sd[1:] / np.maximum(sd[:-1], 1e-9) >= AXES_MIN_RATIO):
-        candidates = [(vm[:, perm] * signs) @ vf.T
-                      for perm in itertools.permutations(range(3))
-                      for signs in itertools.product((1, -1), repeat=3)]
-        rot = max((c for c in candidates if np.linalg.det(c) > 0), key=np.trace)
+    cf, _, _ = _principal_frame(fixed_mask, fixed_affine)
+    cm, _, _ = _principal_frame(moving_mask, moving_affine)
+    pairings = _axes_pairings(moving_mask, moving_affine, fixed_mask, fixed_affine)
+    rot = pairings[0] if pairings else np.eye(3)
     pose = np.eye(4)
     pose[:3, :3] = rot
     pose[:3, 3] = cm - rot @ cf
@@ -373,21 +395,26 @@ class _MILevel:
 def _moved(base, params, centre):
     """``base`` (fixed->moving RAS) after a rotation (rotation vector, deg) about the fixed
     brain centre and a shift (mm), both in the fixed (template) frame: the same search
-    whatever the scan's pose."""
+    whatever the scan's pose. A 7th parameter scales the template about that centre (percent,
+    log scale): the MI stage fits it and keeps only the rigid part (see :data:`FINE_MI`)."""
     step = np.eye(4)
     step[:3, :3] = _rotation(params[:3])
-    step[:3, 3] = centre + np.asarray(params[3:]) - step[:3, :3] @ centre
+    if len(params) > 6:
+        step[:3, :3] *= np.exp(params[6] / 100.0)
+    step[:3, 3] = centre + np.asarray(params[3:6]) - step[:3, :3] @ centre
     return base @ step
 
 
-def _refine(level, base, centre, xtol, pool=None):
-    """Local Powell search from ``base``: (pose, score); ``pool`` for levels that split a score."""
+def _refine(level, base, centre, xtol, pool=None, start=None):
+    """Local Powell search from ``base``: (pose, score, parameters); ``pool`` for levels that
+    split a score; ``start``: the parameters to start from (6, or 7 with a scale)."""
     from scipy.optimize import minimize
 
     score = level.score if pool is None else (lambda pose: level.score(pose, pool))
-    res = minimize(lambda p: -score(_moved(base, p, centre)), np.zeros(6), method="Powell",
-                   options={"xtol": xtol, "ftol": 1e-6, "maxfev": 1500})
-    return _moved(base, res.x, centre), -float(res.fun)
+    x0 = np.zeros(6) if start is None else np.asarray(start, float)
+    res = minimize(lambda p: -score(_moved(base, p, centre)), x0, method="Powell",
+                   options={"xtol": xtol, "ftol": 1e-6, "maxfev": 250 * len(x0)})
+    return _moved(base, res.x, centre), -float(res.fun), res.x
 
 
 def _mean_disp(a, b, points):
@@ -400,15 +427,17 @@ def _align(fixed, fixed_affine, margin, moving, moving_affine, axes_rot=None, th
            finish="pearson"):
     """Global search and local refinement, all in numpy: (pose RAS fixed->moving, info).
 
-    1. Grid: 125 rotations (SEARCH_ANGLES_DEG about each axis, around the principal-axes
-       pose ``axes_rot``, so the grid moves with the scan) x SEARCH_SHIFTS_MM along the
-       template's head-foot axis (a scan cut at the top or bottom has its centre of mass
+    1. Grid: 125 rotations (SEARCH_ANGLES_DEG about each axis, around each of the
+       SEARCH_PAIRINGS best principal-axes pairings ``axes_rot`` (a list of RAS rotations;
+       each scored as it stands), so the grid moves with the scan) x SEARCH_SHIFTS_MM along
+       the template's head-foot axis (a scan cut at the top or bottom has its centre of mass
        displaced) about the brains' centres of mass, scored on a 6 mm template grid.
     2. The SEARCH_REFINE best distinct grid poses refined with Powell on that grid.
     3. The FINE_STARTS best of those refined on a 3 mm grid; the best kept (a wrong
        start can win on the coarse grid only).
     4. ``finish``: "pearson", a Powell polish on all 3 mm points; "mi", Powell on mutual
-       information (:class:`_MILevel`, :data:`FINE_MI`'s levels); None: neither (ANTs follows).
+       information and a scale (:class:`_MILevel`, :data:`FINE_MI`'s levels), the rigid
+       part kept; None: neither (ANTs follows).
     ``threads`` workers score the grid and refine the starts side by side; every score is
     computed alone, in the same order, so the pose is the same bits whatever their number.
     info: start name, scores, and how far the runner-up landed (``runner_up_mm``).
@@ -438,18 +467,26 @@ class _pool:
 
 def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot, finish):
     t0 = time.perf_counter()
-    axes_rot = np.eye(3) if axes_rot is None else axes_rot
+    bases = [np.eye(3)] if axes_rot is None or not len(axes_rot) else list(np.reshape(axes_rot, (-1, 3, 3)))
     fixed_centre = _centre_ras(fixed != 0, fixed_affine)
     moving_centre = _centre_ras(moving != 0, moving_affine)
     coarse = _Level(fixed, fixed_affine, margin, moving, moving_affine, 4, SEARCH_MOVING_MM)
+
+    def at(rot, dz):
+        return _moved(_ras_pose(rot, 0, fixed_centre, moving_centre), (0, 0, 0, 0, 0, dz), fixed_centre)
+
+    pairings = list(range(len(bases)))
+    if len(bases) > SEARCH_PAIRINGS:
+        # each axis pairing scored as it stands; the grid goes around the best ones only
+        pre = pool.map(lambda rot: max(coarse.score(at(rot, dz)) for dz in SEARCH_SHIFTS_MM), bases)
+        pairings = sorted(pairings, key=lambda k: (-pre[k], k))[:SEARCH_PAIRINGS]
     starts = []
-    for a, b, c in itertools.product(SEARCH_ANGLES_DEG, repeat=3):
-        rot = axes_rot @ _grid_rotation((a, b, c))
-        for dz in SEARCH_SHIFTS_MM:
-            pose = _ras_pose(rot, 0, fixed_centre, moving_centre)
-            pose = _moved(pose, (0, 0, 0, 0, 0, dz), fixed_centre)
-            starts.append((f"axes+({a:+.0f},{b:+.0f},{c:+.0f})" + (f"+z{dz:+.0f}mm" if dz else ""),
-                           pose))
+    for k in pairings:
+        for a, b, c in itertools.product(SEARCH_ANGLES_DEG, repeat=3):
+            rot = bases[k] @ _grid_rotation((a, b, c))
+            for dz in SEARCH_SHIFTS_MM:
+                starts.append((f"axes{k}+({a:+.0f},{b:+.0f},{c:+.0f})" + (f"+z{dz:+.0f}mm" if dz else ""),
+                               at(rot, dz)))
     scores = pool.map(coarse.score, [p for _, p in starts])
     scored = sorted(((sc, i) for i, sc in enumerate(scores)), key=lambda t: (-t[0], t[1]))
     check = coarse.points[:, ::7]
@@ -460,7 +497,7 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
             chosen.append((sc, i))
         if len(chosen) == SEARCH_REFINE:
             break
-    done = pool.map(lambda c: _refine(coarse, starts[c[1]][1], fixed_centre, 0.5), chosen)
+    done = pool.map(lambda c: _refine(coarse, starts[c[1]][1], fixed_centre, 0.5)[:2], chosen)
     refined = [{"pose": pose, "score": score, "grid_score": sc, "start": starts[i][0]}
                for (sc, i), (pose, score) in zip(chosen, done)]
     refined.sort(key=lambda r: -r["score"])
@@ -473,7 +510,7 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
         if any(_mean_disp(r["pose"], f["pose"], check) < 2.0 for f in picked):
             continue  # the same basin: refining it again gives the same pose
         picked.append(r)
-    done = pool.map(lambda r: _refine(medium, r["pose"], fixed_centre, 0.1), picked)
+    done = pool.map(lambda r: _refine(medium, r["pose"], fixed_centre, 0.1)[:2], picked)
     finals = [{**r, "coarse_pose": r["pose"], "pose": pose, "medium_score": score}
               for r, (pose, score) in zip(picked, done)]
     finals.sort(key=lambda r: -r["medium_score"])
@@ -482,19 +519,24 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
     mi = {}
     if finish == "pearson":
         fine = _Level(fixed, fixed_affine, margin, moving, moving_affine, 2, 1.5, 1.5)
-        pose, score = _refine(fine, best["pose"], fixed_centre, 0.05)
+        pose, score, _ = _refine(fine, best["pose"], fixed_centre, 0.05)
     elif finish == "mi":
         t_mi = time.perf_counter()
+        params = np.zeros(7 if FINE_MI["scale"] else 6)
         for lv in FINE_MI["levels"]:
             level = _MILevel(fixed, fixed_affine, margin, moving, moving_affine,
                              int(round(lv["grid_mm"] / TEMPLATE_ZOOMS[0])), lv["moving_mm"],
                              lv["smoothing_mm"], FINE_MI["bins"], lv["stride"])
-            pose, mi_score = _refine(level, pose, fixed_centre, lv["xtol"], pool)
+            _, mi_score, params = _refine(level, best["pose"], fixed_centre, lv["xtol"], pool, params)
+        pose = _moved(best["pose"], params[:6], fixed_centre)  # the rigid part
         mi = {"mi_score": round(mi_score, 4), "mi_seconds": round(time.perf_counter() - t_mi, 2)}
+        if FINE_MI["scale"]:
+            mi["mi_scale"] = round(float(np.exp(params[6] / 100.0)), 4)
     others = [_mean_disp(pose, f["pose"], medium.points[:, ::4]) for f in finals[1:]]
     info = {"start": best["start"], "score": round(best["score"], 4),
             "grid_score": round(best["grid_score"], 4), "final_score": round(score, 4),
-            "candidates": len(starts), "refined": len(refined), "fine_starts": len(finals),
+            "pairings": len(bases), "candidates": len(starts), "refined": len(refined),
+            "fine_starts": len(finals),
             "runner_up_mm": round(min(others), 2) if others else None,
             "runner_up_score_gap": round(best["medium_score"] - finals[1]["medium_score"], 4)
             if len(finals) > 1 else None,
@@ -581,8 +623,10 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True,
               "moving_voxel_mm": [float(z) for z in np.linalg.norm(small_affine[:3, :3], axis=0)],
               "seed": int(seed), "threads": int(threads)}
     if search:
+        pairings = _axes_pairings(small != 0, small_affine, fixed_brain, _affine(template))
         pose_ras, found = _align(fixed, _affine(template), margin, small, small_affine,
-                                 axes_rot=(_LPS @ axes @ _LPS)[:3, :3], threads=threads,
+                                 axes_rot=[_LPS[:3, :3] @ r @ _LPS[:3, :3] for r in pairings],
+                                 threads=threads,
                                  finish="mi" if fine == "mi" else "pearson")
         pose = _LPS @ pose_ras @ _LPS
         params["global_search"] = {**found, "angles_deg": list(SEARCH_ANGLES_DEG),

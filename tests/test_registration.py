@@ -1,4 +1,5 @@
 """Registration and resampling between the real GE head and the DeepBleed template grid."""
+import re
 
 import nibabel as nib
 import numpy as np
@@ -270,9 +271,12 @@ def test_registration_aligns_the_brain(brain_img, template, registered, tmp_path
 def test_registration_recovers_pose_not_header(brain_img, template, registered, tmp_path):
     """Move the head in world space (affine only): the template pose must not change.
 
-    The search is exactly pose-equivariant (same voxels, same pose relative to the head);
-    the MI stage after it to a few hundredths of a mm (its histogram sums see the pose's
-    last bits). ANTs' stage (``fine="ants"``) moved 1.0 mm mean, 2.0 mm at worst here: its
+    The search is exactly pose-equivariant (same voxels, same pose relative to the head).
+    The MI stage after it fits a scale too (issue 10: cut heads), and the MI is flat along
+    it (the two fits here: 0.9578 and 0.9588), so its rigid part moves a little with the
+    header: 0.28 mm mean, 0.53 mm at worst here (0.25 at worst with the rigid-only fit;
+    tighter Powell tolerances gave 0.45-0.38 at 2-3x the time). Half a template voxel is
+    the bound. ANTs' stage (``fine="ants"``) moved 1.0 mm mean, 2.0 mm at worst here: its
     optimizer stops where a convergence window says so on a flat optimum.
     """
     centre = _centroid_ras(brain_img)
@@ -287,7 +291,7 @@ def test_registration_recovers_pose_not_header(brain_img, template, registered, 
     second = reg._matrix(again["transform"])
     mean, worst = _disp_mm(second, LPS @ motion @ LPS @ first, template)
     print(f"pose recovery: mean {mean:.3f} mm, max {worst:.3f} mm")
-    assert worst < 0.25
+    assert mean < 0.4 and worst < 0.75
     # and the header motion really was large
     assert _disp_mm(second, first, template)[0] > 8.0
 
@@ -315,8 +319,11 @@ def test_global_search_result_is_recorded(registered):
     from deepbleed_bids.derivatives import _registration_fields
 
     search = registered["params"]["global_search"]
-    assert search["candidates"] == len(reg.SEARCH_ANGLES_DEG) ** 3 * len(reg.SEARCH_SHIFTS_MM)
-    assert search["start"].startswith("axes+(")
+    # the grid goes around the best SEARCH_PAIRINGS of the 24 principal-axes pairings
+    assert search["pairings"] == 24
+    assert search["candidates"] == reg.SEARCH_PAIRINGS * len(reg.SEARCH_ANGLES_DEG) ** 3 * len(reg.SEARCH_SHIFTS_MM)
+    assert re.match(r"axes\d+\+\(", search["start"])
+    assert 0.8 < search["mi_scale"] < 1.2  # the fitted template scale, dropped from the transform
     assert -1.0 <= search["grid_score"] <= search["score"] <= 1.0
     assert search["refined"] == reg.SEARCH_REFINE and 1 <= search["fine_starts"] <= reg.FINE_STARTS
     assert registered["params"]["metric"] == "pearson"
@@ -388,13 +395,41 @@ def test_search_recovers_a_hard_case(clamped, brain_mask, template, case_referen
 
 
 def test_cut_head_is_aligned_or_flagged(clamped, brain_mask, template, case_reference, tmp_path):
-    """A head with 20-30 % of its extent missing: either aligned within 2 mm or caught by
-    the registration flag (issue 10: every case > 5 mm is flagged)."""
+    """A head with 20-30 % of its extent missing and a hematoma: aligned within 2 mm and not
+    flagged (issue 10). Before the scale-aware fine stage a cut moved the rigid optimum by
+    2-6 mm, and the flag's coverage term (then 0.90) had to catch it."""
     info, mean, flag = _case_error(clamped, brain_mask, template, case_reference, tmp_path,
                                    CUT_SEED, p_hematoma=1.0, p_thick=0.0, p_tilt=0.0,
                                    p_partial=1.0)
     assert info["keep"] != [0.0, 1.0]
-    assert mean <= 2.0 or flag is not None
+    assert mean <= 2.0 and flag is None
+
+
+def test_cut_head_whose_longest_axis_changed(clamped, template, case_reference, tmp_path,
+                                             monkeypatch):
+    """A benchmark case (seed 0, case 12 after the brain extraction fix): 28 % of the head
+    missing at the bottom, 6.7 mm slices tilted 12.6 deg. Its principal-axes pairing with
+    the smallest rotation is 88 deg off; the grid around it alone ended 98 mm off with no flag
+    (similarity 0.20, overlap 0.85). The grid around the two best-scoring pairings finds it."""
+    from deepbleed_bids import synth
+
+    motion = np.array([[0.7636, 0.4811, 0.4308, -48.0594], [-0.5095, 0.8586, -0.0557, 10.1363],
+                       [-0.3967, -0.1769, 0.9007, 7.8408], [0.0, 0.0, 0.0, 1.0]])
+    u, _, vt = np.linalg.svd(motion[:3, :3])  # the printed digits, made exactly a rotation
+    motion[:3, :3] = u @ vt
+    case, _ = synth.reslice(clamped, motion, slice_mm=6.72, tilt_deg=12.6, keep=(0.2836, 1.0))
+    brain = _brain_of(case)
+    truth = LPS @ motion @ LPS @ case_reference["mi"]
+    errors = {}
+    every = reg._axes_pairings
+    for name, pairings in (("smallest rotation only", lambda *a: every(*a)[:1]), ("search", every)):
+        monkeypatch.setattr(reg, "_axes_pairings", pairings)
+        found = reg.register_rigid(brain, template, str(tmp_path / f"{len(errors)}_"), threads=2)
+        errors[name] = _disp_mm(reg._matrix(found["transform"]), truth, template)[0]
+    print("cut head, error:", errors, found["params"]["global_search"]["start"])
+    assert errors["smallest rotation only"] > 20.0  # the failure guarded against is real here
+    assert errors["search"] <= 2.0
+    assert found["params"]["global_search"]["pairings"] == 24
 
 
 HARD_SEED = 3
