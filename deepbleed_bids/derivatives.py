@@ -189,9 +189,11 @@ def _registration_fields(params):
     if not params:
         return {}
     search = params.get("global_search") or {}
-    return {"RegistrationStart": search.get("start", "principal-axes"),
-            "RegistrationStartScore": search.get("score"),
-            "RegistrationParameters": params}
+    out = {"RegistrationStart": search.get("start", "principal-axes"),
+           "RegistrationStartScore": search.get("score")}
+    if search.get("mi_scale"):  # fitted, not applied: the brain's shape against the template's
+        out["RegistrationTemplateScale"] = search["mi_scale"]
+    return {**out, "RegistrationParameters": params}
 
 
 def build_sidecars(config, source, results):

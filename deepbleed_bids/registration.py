@@ -26,13 +26,15 @@ information, all in this process.
   see _Level.score).
 * Fine stage (``FINE_MI``, fine="mi"): Powell on mutual information of HU
   (-20..100 HU, 32 bins, linear Parzen window: :class:`_MILevel`) at 6 then 3 mm, over
-  the rigid parameters and an isotropic scale of the template about its brain's centre;
-  the scale is then dropped (the rigid part, which maps the template brain's centre where
-  the fit does) and recorded (``mi_scale``). A brain a few % smaller than the template
-  (the GE head: 0.955) fitted rigidly is centred on whatever part the scan holds, so a cut
-  at the top or bottom moved the rigid optimum by 2-6 mm; the fitted scale takes up the
-  size difference and the rigid part no longer depends on the coverage (benchmark: cut
-  heads 2.3-3.1 mm -> 0.5-1.6 mm). The network still sees a rigidly aligned scan.
+  the rigid parameters and a scale of the template along each of its axes about its
+  brain's centre; the scales are then dropped (the rigid part maps the template brain's
+  centre where the fit does) and recorded (``mi_scale``). A brain shaped unlike the
+  template (the GE head fits it at 1.02 x 0.90 x 0.84: narrower front to back, much
+  shorter head to foot) and fitted rigidly is centred on whatever part the scan holds, so
+  a cut at the top or bottom moved the rigid optimum by 2-6 mm. With the scales fitted the
+  rigid part no longer depends on the coverage (benchmark, 50 cases: within 2 mm 84 %
+  rigid, 96 % with one scale, 98 % with three). The network still sees a rigidly aligned
+  scan.
   The Pearson optimum follows the brain's outline: on the GE head it sat 10 deg of pitch
   from where ANTs' Mattes MI lands, and the ventricle prior carried with it put 16 of 25
   synthetic IVH volumes within target instead of 22.
@@ -104,7 +106,7 @@ MI_BINS_NUMPY = 32
 # The numpy fine stage (fine="mi"): Powell on mutual information at 6 then 3 mm (half the
 # 3 mm points), from the search's pose.
 FINE_MI = {"metric": "mutual-information", "bins": MI_BINS_NUMPY, "hu": list(MI_HU),
-           "parzen": "linear", "sampling": "regular", "scale": "isotropic, fitted then dropped",
+           "parzen": "linear", "sampling": "regular", "scale": "x, y, z (template axes), fitted then dropped",
            "levels": [{"grid_mm": 6.0, "moving_mm": 3.0, "smoothing_mm": 3.0, "stride": 1, "xtol": 0.2},
                       {"grid_mm": 3.0, "moving_mm": 1.5, "smoothing_mm": 1.5, "stride": 2, "xtol": 0.05}]}
 
@@ -395,12 +397,13 @@ class _MILevel:
 def _moved(base, params, centre):
     """``base`` (fixed->moving RAS) after a rotation (rotation vector, deg) about the fixed
     brain centre and a shift (mm), both in the fixed (template) frame: the same search
-    whatever the scan's pose. A 7th parameter scales the template about that centre (percent,
-    log scale): the MI stage fits it and keeps only the rigid part (see :data:`FINE_MI`)."""
+    whatever the scan's pose. Parameters 7-9 scale the template along its axes about that
+    centre (percent, log scale): the MI stage fits them and keeps only the rigid part (see
+    :data:`FINE_MI`)."""
     step = np.eye(4)
     step[:3, :3] = _rotation(params[:3])
-    if len(params) > 6:
-        step[:3, :3] *= np.exp(params[6] / 100.0)
+    if len(params) > 6:  # scales along the template's axes, applied before the rotation
+        step[:3, :3] = step[:3, :3] * np.exp(np.asarray(params[6:]) / 100.0)
     step[:3, 3] = centre + np.asarray(params[3:6]) - step[:3, :3] @ centre
     return base @ step
 
@@ -522,7 +525,7 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
         pose, score, _ = _refine(fine, best["pose"], fixed_centre, 0.05)
     elif finish == "mi":
         t_mi = time.perf_counter()
-        params = np.zeros(7 if FINE_MI["scale"] else 6)
+        params = np.zeros(9 if FINE_MI["scale"] else 6)
         for lv in FINE_MI["levels"]:
             level = _MILevel(fixed, fixed_affine, margin, moving, moving_affine,
                              int(round(lv["grid_mm"] / TEMPLATE_ZOOMS[0])), lv["moving_mm"],
@@ -530,8 +533,8 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
             _, mi_score, params = _refine(level, best["pose"], fixed_centre, lv["xtol"], pool, params)
         pose = _moved(best["pose"], params[:6], fixed_centre)  # the rigid part
         mi = {"mi_score": round(mi_score, 4), "mi_seconds": round(time.perf_counter() - t_mi, 2)}
-        if FINE_MI["scale"]:
-            mi["mi_scale"] = round(float(np.exp(params[6] / 100.0)), 4)
+        if FINE_MI["scale"]:  # the template's size along its x, y, z that fitted this brain
+            mi["mi_scale"] = [round(float(v), 4) for v in np.exp(params[6:] / 100.0)]
     others = [_mean_disp(pose, f["pose"], medium.points[:, ::4]) for f in finals[1:]]
     info = {"start": best["start"], "score": round(best["score"], 4),
             "grid_score": round(best["grid_score"], 4), "final_score": round(score, 4),
