@@ -535,6 +535,7 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
         mi = {"mi_score": round(mi_score, 4), "mi_seconds": round(time.perf_counter() - t_mi, 2)}
         if FINE_MI["scale"]:  # the template's size along its x, y, z that fitted this brain
             mi["mi_scale"] = [round(float(v), 4) for v in np.exp(params[6:] / 100.0)]
+            mi["mi_scale_centre_mm"] = [round(float(v), 3) for v in fixed_centre]  # RAS
     others = [_mean_disp(pose, f["pose"], medium.points[:, ::4]) for f in finals[1:]]
     info = {"start": best["start"], "score": round(best["score"], 4),
             "grid_score": round(best["grid_score"], 4), "final_score": round(score, 4),
