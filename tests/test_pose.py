@@ -83,14 +83,15 @@ def test_pose_moves_no_volume(pose_run):
     assert sidecars["original"]["HemorrhageVolume"] == pytest.approx(info["volume_ml"], rel=0.15)
     # the pose alone: same voxels, moved affine (measured -1.4 % hemorrhage, 0.0 % brain)
     assert _within(sidecars["affine"], sidecars["original"], 0.02), volumes
-    # the pose alone, resampled voxels: moved vs unmoved copies resampled alike
-    # (measured -1.2 % hemorrhage, +0.1 % brain)
-    assert _within(sidecars["resampled"], sidecars["regrid"], 0.02), volumes
-    # pose and resampling together (measured -3.8 % hemorrhage, -0.2 % brain; -2.6 % of the
-    # hemorrhage is the resampling's blur, without any move)
-    assert sidecars["resampled"]["BrainVolume"] == pytest.approx(sidecars["original"]["BrainVolume"], rel=0.02)
-    assert sidecars["resampled"]["HemorrhageVolume"] == pytest.approx(sidecars["original"]["HemorrhageVolume"],
-                                                                      rel=0.05)
+    # pose and resampling together: the re-posed copy against the head itself (issue 10's
+    # 2 %; measured 0.0 % hemorrhage, -0.2 % brain since the MI stage fits the template's
+    # scales; -3.8 % hemorrhage with the rigid fit)
+    assert _within(sidecars["resampled"], sidecars["original"], 0.02), volumes
+    # moved vs unmoved copies resampled alike: the unmoved copy is itself 2.4 % off the head
+    # (25.89 vs 26.52 mL): the network input is sampled with nearest neighbour (as the paper),
+    # so a sub-voxel change of the alignment moves a 26 mL clot by ~0.6 mL with the demo
+    # model, pose or no pose (with the rigid fit: -1.2 % between these two)
+    assert _within(sidecars["resampled"], sidecars["regrid"], 0.03), volumes
 
 
 def test_thick_slices_run_end_to_end(pose_run):

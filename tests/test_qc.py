@@ -109,7 +109,7 @@ def _metrics(**kw):
 @pytest.mark.parametrize("change, flag", [
     ({"RegistrationSimilarity": 0.02}, "registration"),
     ({"TemplateOverlap": 0.5}, "registration"),
-    ({"TemplateCoverage": 0.8}, "registration"),
+    ({"TemplateCoverage": 0.7}, "registration"),
     ({"BrainVolume": 700.0}, "brain_volume"),
     ({"BrainEdgeArea": 5.0}, "partial_coverage"),
     ({"BrainInferiorEdgeArea": 20.0}, "partial_coverage"),

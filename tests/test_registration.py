@@ -495,8 +495,11 @@ def test_reposed_copy_gives_the_same_volumes(posed_run):
 
 def test_fine_stages_are_recorded(brain_img, template, registered, tmp_path):
     """The default MI stage is recorded in the parameters; fine="ants" (ANTs Mattes MI from
-    the search's pose, one ITK thread) lands within 2 mm of it on the GE head (measured
-    0.9 mm; the Pearson search alone sat 12.5 mm away, 10 deg of pitch)."""
+    the search's pose, one ITK thread) lands within 3 mm of it on the GE head (measured
+    2.1 mm; 0.9 mm before the MI stage fitted the template's scales: a rigid fit of a brain
+    shaped unlike the template, 1.02 x 0.92 x 0.85, is a compromise between its parts, the
+    rigid part of the scaled fit maps the template brain's centre; the Pearson search alone
+    sat 12.5 mm away, 10 deg of pitch)."""
     params = registered["params"]
     assert params["fine"]["metric"] == "mutual-information" and "ants_cpu_s" not in params
     assert params["global_search"]["mi_score"] > 0
@@ -504,6 +507,6 @@ def test_fine_stages_are_recorded(brain_img, template, registered, tmp_path):
     assert res["params"]["fine"]["metric"] == "mattes" and res["params"]["fine"]["threads"] == 1
     assert res["params"]["ants_cpu_s"] > 0
     assert _disp_mm(reg._matrix(res["transform"]), reg._matrix(registered["transform"]),
-                    template)[0] < 2.0
+                    template)[0] < 3.0
     with pytest.raises(ValueError, match="fine must be one of"):
         reg.register_rigid(brain_img, template, str(tmp_path / "bad_"), fine="bspline")
