@@ -525,17 +525,17 @@ def _align_in(pool, fixed, fixed_affine, margin, moving, moving_affine, axes_rot
         pose, score, _ = _refine(fine, best["pose"], fixed_centre, 0.05)
     elif finish == "mi":
         t_mi = time.perf_counter()
-        params = np.zeros(9 if FINE_MI["scale"] else 6)
+        params = np.zeros(9)  # the rigid pose, then the template's scales along x, y, z
         for lv in FINE_MI["levels"]:
             level = _MILevel(fixed, fixed_affine, margin, moving, moving_affine,
                              int(round(lv["grid_mm"] / TEMPLATE_ZOOMS[0])), lv["moving_mm"],
                              lv["smoothing_mm"], FINE_MI["bins"], lv["stride"])
             _, mi_score, params = _refine(level, best["pose"], fixed_centre, lv["xtol"], pool, params)
         pose = _moved(best["pose"], params[:6], fixed_centre)  # the rigid part
-        mi = {"mi_score": round(mi_score, 4), "mi_seconds": round(time.perf_counter() - t_mi, 2)}
-        if FINE_MI["scale"]:  # the template's size along its x, y, z that fitted this brain
-            mi["mi_scale"] = [round(float(v), 4) for v in np.exp(params[6:] / 100.0)]
-            mi["mi_scale_centre_mm"] = [round(float(v), 3) for v in fixed_centre]  # RAS
+        mi = {"mi_score": round(mi_score, 4), "mi_seconds": round(time.perf_counter() - t_mi, 2),
+              # the template's size along its x, y, z that fitted this brain, about this centre (RAS)
+              "mi_scale": [round(float(v), 4) for v in np.exp(params[6:] / 100.0)],
+              "mi_scale_centre_mm": [round(float(v), 3) for v in fixed_centre]}
     others = [_mean_disp(pose, f["pose"], medium.points[:, ::4]) for f in finals[1:]]
     info = {"start": best["start"], "score": round(best["score"], 4),
             "grid_score": round(best["grid_score"], 4), "final_score": round(score, 4),
@@ -613,7 +613,6 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True,
     margin = ndi.distance_transform_edt(~fixed_brain, sampling=TEMPLATE_ZOOMS) <= MASK_MARGIN_MM
     small, small_affine = _block_mean(data, moving_affine, zooms)
     start = time.perf_counter()
-    axes = _initial_pose(small != 0, small_affine, fixed_brain, _affine(template))
     settings = SEARCH if search else {**SINGLE_START, "sampling": "regular"}
     if fine not in FINE_STAGES:
         raise ValueError(f"fine must be one of {FINE_STAGES}, not {fine!r}")
@@ -648,7 +647,7 @@ def register_rigid(moving, template, out_prefix, seed=1, threads=1, search=True,
         job = {**FINE, "seed": int(seed)}
         threads = 1
     else:
-        pose = axes
+        pose = _initial_pose(small != 0, small_affine, fixed_brain, _affine(template))
         job = params
     params["initial_rotation_deg"] = round(_rotation_deg(pose), 2)
     # Re-pose the moving header by the start pose: ANTs then starts near identity.
