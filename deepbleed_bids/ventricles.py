@@ -177,9 +177,14 @@ def _template_ventricles(scan_t, hem, prior, brain, affine_t, c2, search_mm=10.0
         blood &= ndi.distance_transform_edt(~csf, sampling=zooms) <= max_gap_mm
     vent = (csf & _dilate(fitted, 3.0, zooms)) | blood
     vml = voxel_volume_ml(affine_t)
-    return vent, {"PriorFit": how, "PriorVolume": round(float(prior.sum() * vml), 2),
+    info = {"PriorFit": how, "PriorVolume": round(float(prior.sum() * vml), 2),
                   "FittedPriorVolume": round(float(fitted.sum() * vml), 2),
                   "VisibleCSFVolume": round(float(csf.sum() * vml), 2)}
+    if fitted is not prior:
+        # measured on synthetic pushes (README): the fitted prior can still lie on the clot
+        info["Caution"] = ("mass-effect fit ran: on synthetic clots that push the ventricles, blood beside them "
+                           "was called intraventricular (up to 8 mL); review the IVH part")
+    return vent, info
 
 
 def native_ventricles(vent_t_img, reference, transform, hu, brain, hemorrhage):

@@ -104,3 +104,15 @@ def test_report_of_a_participant_whose_images_all_failed(tmp_path):
     assert "FAILED" in text and "not a 3D volume" in text and "skipped" in text
     assert "someone else" not in text
     assert write_participant_report(tmp_path, None, "09") is None  # nothing known: no page
+
+
+def test_summary_row_carries_the_split_caution():
+    """A mass-effect fit's caution reaches the reader beside the IVH / parenchymal volumes."""
+    from deepbleed_bids.reports.participant import _summary
+
+    meta = {"HemorrhageVolume": 40.0, "IntraventricularVolume": 2.9, "ParenchymalVolume": 37.1,
+            "HemorrhageSplit": {"PriorFit": "SyN", "Caution": "mass-effect fit ran: review the IVH part <x>"}}
+    html = _summary(meta)
+    assert "2.90 mL / 37.10 mL (mass-effect fit ran: review the IVH part &lt;x&gt;)" in html
+    del meta["HemorrhageSplit"]["Caution"]
+    assert "review" not in _summary(meta) and "2.90 mL / 37.10 mL" in _summary(meta)

@@ -83,6 +83,7 @@ def test_split_of_a_synthetic_clot_with_known_ivh(registered, kind, volume, seed
     assert error <= max(2.0, 0.15 * info["intraventricular_ml"])
     # the ventricle map is where the scan shows CSF or blood, not parenchyma
     assert 10 < vent.sum() * vml < 150
+    assert split["PriorFit"].startswith("rigid") and "Caution" not in split  # no mass-effect fit here
 
 
 def test_split_labels_and_tsv():
@@ -130,6 +131,16 @@ def test_pure_ivh_split_and_mass_effect_case(registered):
     assert info["intraventricular_ml"] == 0.0 and not ivh.any()  # pushed aside, not filled
     assert info["intraventricular_ml"] == pytest.approx(ivh.sum() * vml)
     assert not np.array_equal(np.asanyarray(case.dataobj), np.asanyarray(img.dataobj))
+    # the split fits the prior to the pushed ventricles and says its IVH part needs a reader
+    hu = np.asanyarray(case.dataobj).astype(np.float32)
+    scan_t = to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm)
+    prob_t = np.asanyarray(to_template(like(mask.astype(np.float32), img, dtype=np.float32), tpl, xfm,
+                                       "linear").dataobj)
+    dseg, _, split = V.split_hemorrhage(scan_t, prob_t, img, xfm, hu, brain, mask)
+    assert np.array_equal(dseg > 0, mask)
+    assert split["PriorFit"] == "SyN" and "review the IVH part" in split["Caution"]
+    print(f"mass effect: IVH {split['IntraventricularVolume']:.2f} mL called (true 0)")
+    assert split["IntraventricularVolume"] < 0.25 * info["volume_ml"]  # mostly parenchymal
 
 
 def test_prior_fit_is_the_same_on_every_rerun():

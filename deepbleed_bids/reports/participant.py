@@ -207,6 +207,7 @@ def _summary(meta):
         ("Hemorrhage volume (network)", H.fmt(meta.get("HemorrhageVolume"), 2, " mL")),
         ("Intraventricular / parenchymal (estimate)",
          f"{H.fmt(meta.get('IntraventricularVolume'), 2, ' mL')} / {H.fmt(meta.get('ParenchymalVolume'), 2, ' mL')}"
+         + (f" ({H.esc(caution)})" if (caution := (meta.get("HemorrhageSplit") or {}).get("Caution")) else "")
          if meta.get("IntraventricularVolume") is not None else "not computed"),
         ("Uncertainty", _uncertainty_text(meta)),
         ("ABC/2", H.fmt(m.get("ABC2Volume"), 1, " mL") + (
