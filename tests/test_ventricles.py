@@ -41,6 +41,20 @@ def registered(head_and_brain, template_path, tmp_path_factory):
     return img, brain, tpl, reg["transform"]
 
 
+def _split(registered, case, mask):
+    """The split as the pipeline runs it: the case on the template grid (nearest neighbour, 0 outside
+    the brain), the mask's linear probability there, the native arrays."""
+    from deepbleed_bids.nifti import like
+    from deepbleed_bids.registration import to_template
+
+    img, brain, tpl, xfm = registered
+    hu = np.asanyarray(case.dataobj).astype(np.float32)
+    scan_t = to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm)
+    prob_t = np.asanyarray(to_template(like(mask.astype(np.float32), img, dtype=np.float32), tpl, xfm,
+                                       "linear").dataobj)
+    return V.split_hemorrhage(scan_t, prob_t, img, xfm, hu, brain, mask)
+
+
 def test_carry_labels_keeps_the_scan_geometry(registered):
     img, brain, tpl, xfm = registered
     native = A.carry_labels(A.atlas_image(), img, xfm)
@@ -59,9 +73,6 @@ def test_carry_labels_keeps_the_scan_geometry(registered):
 
 @pytest.mark.parametrize("kind,volume,seed", [("extension", 20.0, 3), ("cast", 8.0, 5)])
 def test_split_of_a_synthetic_clot_with_known_ivh(registered, kind, volume, seed):
-    from deepbleed_bids.nifti import like
-    from deepbleed_bids.registration import to_template
-
     img, brain, tpl, xfm = registered
     case, mask, ivh, info = synth.insert_ventricular_hematoma(img, brain, volume, np.random.default_rng(seed),
                                                               kind=kind)
@@ -69,11 +80,7 @@ def test_split_of_a_synthetic_clot_with_known_ivh(registered, kind, volume, seed
     assert info["intraventricular_ml"] == pytest.approx(ivh.sum() * vml)
     assert info["intraventricular_ml"] + info["parenchymal_ml"] == pytest.approx(info["volume_ml"])
     assert info["intraventricular_ml"] > 0.5 and info["parenchymal_ml"] > 0.1  # both parts present
-    hu = np.asanyarray(case.dataobj).astype(np.float32)
-    scan_t = to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm)
-    prob_t = np.asanyarray(to_template(like(mask.astype(np.float32), img, dtype=np.float32), tpl, xfm,
-                                       "linear").dataobj)
-    dseg, vent, split = V.split_hemorrhage(scan_t, prob_t, img, xfm, hu, brain, mask)
+    dseg, vent, split = _split(registered, case, mask)
     assert dseg.shape == img.shape and set(np.unique(dseg)) <= {0, 1, 2}
     assert np.array_equal(dseg > 0, mask)  # a partition of the hemorrhage mask
     assert split["IntraventricularVolume"] + split["ParenchymalVolume"] == pytest.approx(mask.sum() * vml, abs=1e-3)
@@ -107,19 +114,12 @@ def test_pure_ivh_split_and_mass_effect_case(registered):
     """The generator's new ventricular kinds: blood confined to the ventricles ("pure": all of it is
     IVH, and the split finds it within the target), and a deep clot that pushes the ventricles
     aside ("mass_effect": the brain moves, the clot stays mostly parenchymal)."""
-    from deepbleed_bids.nifti import like
-    from deepbleed_bids.registration import to_template
-
     img, brain, tpl, xfm = registered
     vml = abs(np.linalg.det(img.affine[:3, :3])) / 1000
     case, mask, ivh, info = synth.insert_ventricular_hematoma(img, brain, 6.0, np.random.default_rng(2), kind="pure")
     assert info["kind"] == "pure" and np.array_equal(mask, ivh) and info["parenchymal_ml"] == 0.0
     assert info["intraventricular_ml"] == pytest.approx(6.0, rel=0.1)
-    hu = np.asanyarray(case.dataobj).astype(np.float32)
-    scan_t = to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm)
-    prob_t = np.asanyarray(to_template(like(mask.astype(np.float32), img, dtype=np.float32), tpl, xfm,
-                                       "linear").dataobj)
-    dseg, vent, split = V.split_hemorrhage(scan_t, prob_t, img, xfm, hu, brain, mask)
+    dseg, vent, split = _split(registered, case, mask)
     assert np.array_equal(dseg > 0, mask)
     error = abs(split["IntraventricularVolume"] - info["intraventricular_ml"])
     assert error <= max(2.0, 0.15 * info["intraventricular_ml"])
@@ -132,11 +132,7 @@ def test_pure_ivh_split_and_mass_effect_case(registered):
     assert info["intraventricular_ml"] == pytest.approx(ivh.sum() * vml)
     assert not np.array_equal(np.asanyarray(case.dataobj), np.asanyarray(img.dataobj))
     # the split fits the prior to the pushed ventricles and says its IVH part needs a reader
-    hu = np.asanyarray(case.dataobj).astype(np.float32)
-    scan_t = to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm)
-    prob_t = np.asanyarray(to_template(like(mask.astype(np.float32), img, dtype=np.float32), tpl, xfm,
-                                       "linear").dataobj)
-    dseg, _, split = V.split_hemorrhage(scan_t, prob_t, img, xfm, hu, brain, mask)
+    dseg, _, split = _split(registered, case, mask)
     assert np.array_equal(dseg > 0, mask)
     assert split["PriorFit"] == "SyN" and "review the IVH part" in split["Caution"]
     print(f"mass effect: IVH {split['IntraventricularVolume']:.2f} mL called (true 0)")
