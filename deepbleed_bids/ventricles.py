@@ -22,7 +22,8 @@ every output until validated on labelled scans):
    clot. With ``deform="auto"`` (default) the prior is first fitted to the visible CSF with ANTs
    SyN, the hemorrhage (and a 3 mm margin) masked out of the metric, when >= ``AUTO_DEFORM_ML``
    of blood lies outside the prior (only a large mass displaces; ~20 s then, ~2 s otherwise).
-   Work is done in a box around the prior, not on the whole 128^3 grid.
+   Work is done in a box around the prior, not on the whole 128^3 grid. The fit is the weak spot
+   (inside the masked clot its shape is only extrapolated): when it runs, info["Caution"] says so.
 3. Native refinement: the template-grid ventricles carried to the scan through
    the participant-level rigid transform (linear, >= 0.5), kept where the scan
    shows CSF or blood, plus CSF voxels within 1.5 mm of them.
@@ -178,8 +179,8 @@ def _template_ventricles(scan_t, hem, prior, brain, affine_t, c2, search_mm=10.0
     vent = (csf & _dilate(fitted, 3.0, zooms)) | blood
     vml = voxel_volume_ml(affine_t)
     info = {"PriorFit": how, "PriorVolume": round(float(prior.sum() * vml), 2),
-                  "FittedPriorVolume": round(float(fitted.sum() * vml), 2),
-                  "VisibleCSFVolume": round(float(csf.sum() * vml), 2)}
+            "FittedPriorVolume": round(float(fitted.sum() * vml), 2),
+            "VisibleCSFVolume": round(float(csf.sum() * vml), 2)}
     if fitted is not prior:
         # measured on synthetic pushes (README): the fitted prior can still lie on the clot
         info["Caution"] = ("mass-effect fit ran: on synthetic clots that push the ventricles, blood beside them "
