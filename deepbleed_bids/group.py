@@ -44,6 +44,9 @@ VOLUME_COLUMNS = {
     "intraventricular_volume_ml": "ESTIMATED intraventricular part of the hemorrhage (mL; atlas ventricle "
                                   "prior refined on the scan, not validated on labelled IVH)",
     "parenchymal_volume_ml": "ESTIMATED parenchymal (intracerebral) part of the hemorrhage (mL)",
+    "ivh_low_ml": "only when the mass-effect fit of the ventricles ran: the smaller of the two IVH readings "
+                  "(blood filling the displaced ventricles / only pushing them aside; mL)",
+    "ivh_high_ml": "the larger of those two readings (mL); n/a when the mass-effect fit did not run",
     "volume_low_ml": "lower end of the hemorrhage volume interval over the test-time passes (mL)",
     "volume_high_ml": "upper end of that interval (mL); equal to the volume with --tta none",
     "uncertain_volume_ml": "volume of voxels with hemorrhage probability 0.2-0.8 (mL)",
@@ -117,6 +120,7 @@ def _record(found, out_dir, thresholds):
         flags = qcrec.get("Flags") or {}
     abc = metrics.get("ABC2") or {}
     unc = meta.get("Uncertainty") or {}
+    ivh_range = (meta.get("HemorrhageSplit") or {}).get("IntraventricularVolumeRange") or [None, None]
     raw = raw_source(meta) or ""
     model = meta.get("Model") or {}
     return {
@@ -129,6 +133,8 @@ def _record(found, out_dir, thresholds):
         "hemorrhage_volume_ml": meta.get("HemorrhageVolume"),
         "intraventricular_volume_ml": meta.get("IntraventricularVolume"),
         "parenchymal_volume_ml": meta.get("ParenchymalVolume"),
+        "ivh_low_ml": ivh_range[0],
+        "ivh_high_ml": ivh_range[1],
         "volume_low_ml": (unc.get("VolumeInterval") or [None, None])[0],
         "volume_high_ml": (unc.get("VolumeInterval") or [None, None])[1],
         "uncertain_volume_ml": unc.get("UncertainVolume"),

@@ -23,7 +23,9 @@ every output until validated on labelled scans):
    SyN, the hemorrhage (and a 3 mm margin) masked out of the metric, when >= ``AUTO_DEFORM_ML``
    of blood lies outside the prior (only a large mass displaces; ~20 s then, ~2 s otherwise).
    Work is done in a box around the prior, not on the whole 128^3 grid. The fit is the weak spot
-   (inside the masked clot its shape is only extrapolated): when it runs, info["Caution"] says so.
+   (inside the masked clot its shape is only extrapolated): when it runs, the split also fits the
+   prior with the blood read as not-ventricle (it only pushed them) and reports both IVH volumes
+   (info["IntraventricularVolumeRange"]) with a Caution; the masked reading is the one reported.
 3. Native refinement: the template-grid ventricles carried to the scan through
    the participant-level rigid transform (linear, >= 0.5), kept where the scan
    shows CSF or blood, plus CSF voxels within 1.5 mm of them.
@@ -44,8 +46,9 @@ DSEG_LABELS = {1: ("ICH", "parenchymal hemorrhage (intracerebral, outside the ve
                2: ("IVH", "intraventricular hemorrhage (inside the estimated ventricles) - estimate")}
 METHOD = ("atlas ventricle prior (BLAST-CT label 31 on the DeepBleed template), trusted where the other "
           "hemisphere shows CSF or blood, fitted to the scan's visible CSF by ANTs SyN with the hemorrhage "
-          "masked out when >= 20 mL of blood lies outside it (mass effect), carried to the scan through the "
-          "rigid transform and refined on its CSF density; ESTIMATE, not validated on labelled IVH")
+          "masked out when >= 20 mL of blood lies outside it (mass effect; then also fitted with the blood as "
+          "not-ventricle, the lower IVH reading), carried to the scan through the rigid transform and refined "
+          "on its CSF density; ESTIMATE, not validated on labelled IVH")
 
 
 def _dilate(mask, radius_mm, zooms):
@@ -144,7 +147,7 @@ def template_ventricles(scan_t, hemorrhage_t, prior_t, affine_t, search_mm=10.0,
 
 
 def _template_ventricles(scan_t, hem, prior, brain, affine_t, c2, search_mm=10.0, deform=False, seed=1,
-                         mirror="restrict", margin_mm=1.5, max_gap_mm=None):
+                         mirror="restrict", margin_mm=1.5, max_gap_mm=None, mask_blood=True):
     zooms = voxel_sizes(affine_t)
     zone = _dilate(prior, search_mm, zooms) & brain
     csf = csf_mask(scan_t, brain, zooms, min_depth_mm=6.0) & zone & ~hem
@@ -158,9 +161,11 @@ def _template_ventricles(scan_t, hem, prior, brain, affine_t, c2, search_mm=10.0
     if deform and csf.any():
         try:
             kind = deform if isinstance(deform, str) else "SyN"
-            fitted = fit_prior(prior, csf, affine_t, exclude=_dilate(hem, 3.0, zooms), seed=seed,
-                               transform=kind) & brain
-            how = kind
+            # mask_blood: the blood may fill ventricle (left out of the metric); else it reads as
+            # not-ventricle, i.e. it only pushed the ventricles aside
+            exclude = _dilate(hem, 3.0, zooms) if mask_blood else None
+            fitted = fit_prior(prior, csf, affine_t, exclude=exclude, seed=seed, transform=kind) & brain
+            how = kind if mask_blood else f"{kind} (blood as not-ventricle)"
         except Exception as err:  # noqa: BLE001  fall back on the rigidly aligned prior, and say so
             how = f"rigid (SyN failed: {err})"
     expected = fitted | csf
@@ -183,8 +188,7 @@ def _template_ventricles(scan_t, hem, prior, brain, affine_t, c2, search_mm=10.0
             "VisibleCSFVolume": round(float(csf.sum() * vml), 2)}
     if fitted is not prior:
         # measured on synthetic pushes (README): the fitted prior can still lie on the clot
-        info["Caution"] = ("mass-effect fit ran: on synthetic clots that push the ventricles, blood beside them "
-                           "was called intraventricular (up to 8 mL); review the IVH part")
+        info["Caution"] = "mass-effect fit ran: review the IVH part"
     return vent, info
 
 
@@ -236,7 +240,9 @@ def split_hemorrhage(scan_t_img, prob_t, reference, transform, hu, brain, hemorr
     template grid; reference/transform: native CT image and the rigid native -> template transform;
     hu, brain, hemorrhage: native arrays (the hemorrhage mask is the one the volumes report).
     deform: "auto" (a SyN fit of the prior when >= AUTO_DEFORM_ML of blood lies outside it),
-    "SyN"/"Affine" (always) or False (never).
+    "SyN"/"Affine" (always) or False (never). When that fit runs, info holds a "Caution" and
+    "IntraventricularVolumeRange": the IVH read with the blood masked out of the fit (may fill
+    the displaced ventricles; the reported one) and read as not-ventricle (only pushed them).
     """
     from .atlas import ventricle_prior
 
@@ -250,4 +256,18 @@ def split_hemorrhage(scan_t_img, prob_t, reference, transform, hu, brain, hemorr
     vml = voxel_volume_ml(reference)
     info = {**split_volumes(dseg, vml), "VentricleVolume": round(float(vent.sum() * vml), 3),
             "Method": METHOD, "Estimate": True, **info}
+    if "Caution" in info:
+        # the mass-effect fit ran: the same blood read the other way (it pushed the ventricles
+        # aside and fills none of them) bounds the IVH from below; neither reading can be told
+        # from the image here (README: each fails on its own synthetic cases)
+        alt_t, _ = template_ventricles(scan_t, np.asarray(prob_t) >= threshold, prior, scan_t_img.affine,
+                                       deform=info["PriorFit"], seed=seed, mask_blood=False, **options)
+        alt_img = nib.Nifti1Image(alt_t.astype(np.float32), scan_t_img.affine)
+        alt = split_volumes(split(hemorrhage, native_ventricles(alt_img, reference, transform, hu, brain,
+                                                                  hemorrhage)), vml)["IntraventricularVolume"]
+        ivh = info["IntraventricularVolume"]
+        info["IntraventricularVolumeRange"] = [min(ivh, alt), max(ivh, alt)]
+        info["Caution"] = (f"mass-effect fit ran: IVH {ivh:.1f} mL if the blood beside the displaced ventricles "
+                           f"fills them (reported), {alt:.1f} mL if it only pushed them aside; on synthetic "
+                           "cases either reading can be wrong (README); review the IVH part")
     return dseg, vent, info

@@ -229,6 +229,9 @@ def test_split_and_uncertainty_in_sidecars_and_tables(cohort):
         assert "ESTIMATE" in meta["HemorrhageSplit"]["Note"]
         assert r["intraventricular_volume_ml"] == pytest.approx(ivh, abs=1e-6)
         assert r["parenchymal_volume_ml"] == pytest.approx(par, abs=1e-6)
+        ivh_range = meta["HemorrhageSplit"].get("IntraventricularVolumeRange")  # mass-effect fit only
+        assert ([r["ivh_low_ml"], r["ivh_high_ml"]] == pytest.approx(ivh_range) if ivh_range
+                else pd.isna(r["ivh_low_ml"]) and pd.isna(r["ivh_high_ml"]))
         unc = meta["Uncertainty"]
         assert unc["TTA"] == "none" and unc["Passes"] == 1  # the CPU default
         assert r["uncertain_volume_ml"] == pytest.approx(unc["UncertainVolume"], abs=1e-6)
@@ -388,6 +391,24 @@ def test_partial_runs_are_reported_not_fatal(cohort, tmp_path):
     assert any("unreadable sidecar" in p["problem"] for p in summary["problems"])
     assert not (out / "group" / "longitudinal.tsv").exists()  # nobody has two scans left
     assert _parse(out / "group" / "index.html").srcs
+
+
+@pytest.mark.slow
+def test_ivh_range_of_a_mass_effect_fit_reaches_the_tables(cohort, tmp_path):
+    # the range is written only when the split's mass-effect fit ran (a large clot: none in
+    # this cohort), so one sidecar gets it as split_hemorrhage writes it
+    out = tmp_path / "out"
+    shutil.copytree(cohort["out"], out, ignore=shutil.ignore_patterns("group"))
+    path = out / "sub-01" / "ses-1" / "ct" / "sub-01_ses-1_desc-hemorrhage_mask.json"
+    meta = json.loads(path.read_text())
+    meta["HemorrhageSplit"]["IntraventricularVolumeRange"] = [0.25, meta["IntraventricularVolume"] + 3.0]
+    path.write_text(json.dumps(meta))
+    assert main([str(cohort["bids"]), str(out), "group"]) == 0
+    vol = pd.read_csv(out / "group" / "volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    row = vol.set_index("image").loc["sub-01_ses-1"]
+    assert row["ivh_low_ml"] == 0.25 and row["ivh_high_ml"] == pytest.approx(meta["IntraventricularVolume"] + 3.0)
+    described = json.loads((out / "group" / "volumes.json").read_text())
+    assert "mass-effect" in described["ivh_low_ml"]["Description"]
 
 
 @pytest.mark.slow

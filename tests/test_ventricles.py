@@ -91,6 +91,7 @@ def test_split_of_a_synthetic_clot_with_known_ivh(registered, kind, volume, seed
     # the ventricle map is where the scan shows CSF or blood, not parenchyma
     assert 10 < vent.sum() * vml < 150
     assert split["PriorFit"].startswith("rigid") and "Caution" not in split  # no mass-effect fit here
+    assert "IntraventricularVolumeRange" not in split
 
 
 def test_split_labels_and_tsv():
@@ -135,8 +136,14 @@ def test_pure_ivh_split_and_mass_effect_case(registered):
     dseg, _, split = _split(registered, case, mask)
     assert np.array_equal(dseg > 0, mask)
     assert split["PriorFit"] == "SyN" and "review the IVH part" in split["Caution"]
-    print(f"mass effect: IVH {split['IntraventricularVolume']:.2f} mL called (true 0)")
+    print(f"mass effect: IVH {split['IntraventricularVolume']:.2f} mL called (true 0), "
+          f"range {split['IntraventricularVolumeRange']}")
     assert split["IntraventricularVolume"] < 0.25 * info["volume_ml"]  # mostly parenchymal
+    # the other reading (the blood only pushed the ventricles) is reported beside it, in the caution too
+    low, high = split["IntraventricularVolumeRange"]
+    assert low <= split["IntraventricularVolume"] <= high and low < high
+    assert low <= 1.0  # true IVH 0: the pushed-aside reading finds (almost) none
+    assert f"{low:.1f} mL" in split["Caution"] and f"{high:.1f} mL" in split["Caution"]
 
 
 def test_prior_fit_is_the_same_on_every_rerun():
