@@ -248,23 +248,25 @@ def split_hemorrhage(scan_t_img, prob_t, reference, transform, hu, brain, hemorr
 
     scan_t = np.asanyarray(scan_t_img.dataobj).astype(np.float32)
     prior = ventricle_prior() if prior_t is None else np.asarray(prior_t, bool)
-    vent_t, info = template_ventricles(scan_t, np.asarray(prob_t) >= threshold, prior, scan_t_img.affine,
-                                       deform=deform, seed=seed, **options)
-    vent_img = nib.Nifti1Image(vent_t.astype(np.float32), scan_t_img.affine)
-    vent = native_ventricles(vent_img, reference, transform, hu, brain, hemorrhage)
-    dseg = split(hemorrhage, vent)
+    hem_t = np.asarray(prob_t) >= threshold
+
+    def native_split(fit, **how):
+        """Template-grid ventricles with this fit, carried to the scan: (dseg, ventricles, info)."""
+        vent_t, info_t = template_ventricles(scan_t, hem_t, prior, scan_t_img.affine, deform=fit, seed=seed,
+                                             **how, **options)
+        vent_img = nib.Nifti1Image(vent_t.astype(np.float32), scan_t_img.affine)
+        vent_n = native_ventricles(vent_img, reference, transform, hu, brain, hemorrhage)
+        return split(hemorrhage, vent_n), vent_n, info_t
+
+    dseg, vent, info = native_split(deform)
     vml = voxel_volume_ml(reference)
     info = {**split_volumes(dseg, vml), "VentricleVolume": round(float(vent.sum() * vml), 3),
             "Method": METHOD, "Estimate": True, **info}
     if "Caution" in info:
-        # the mass-effect fit ran: the same blood read the other way (it pushed the ventricles
-        # aside and fills none of them) bounds the IVH from below; neither reading can be told
+        # the mass-effect fit ran (PriorFit names its transform): the same blood read the other
+        # way (it pushed the ventricles aside and fills none of them); neither reading can be told
         # from the image here (README: each fails on its own synthetic cases)
-        alt_t, _ = template_ventricles(scan_t, np.asarray(prob_t) >= threshold, prior, scan_t_img.affine,
-                                       deform=info["PriorFit"], seed=seed, mask_blood=False, **options)
-        alt_img = nib.Nifti1Image(alt_t.astype(np.float32), scan_t_img.affine)
-        alt = split_volumes(split(hemorrhage, native_ventricles(alt_img, reference, transform, hu, brain,
-                                                                  hemorrhage)), vml)["IntraventricularVolume"]
+        alt = split_volumes(native_split(info["PriorFit"], mask_blood=False)[0], vml)["IntraventricularVolume"]
         ivh = info["IntraventricularVolume"]
         info["IntraventricularVolumeRange"] = [min(ivh, alt), max(ivh, alt)]
         info["Caution"] = (f"mass-effect fit ran: IVH {ivh:.1f} mL if the blood beside the displaced ventricles "
