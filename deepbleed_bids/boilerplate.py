@@ -133,13 +133,16 @@ def methods_paragraphs(config, versions=None):
         f"{', mixed precision' if config.mixed_precision else ''}). " + back + " Volumes are voxel counts "
         "times the native voxel volume, in mL.",
     ]
+    mode = str(config.tta or "auto")
     tta = {"flip": "averaged with the prediction on the left-right mirrored input",
            "flip+mc": "averaged over the left-right mirrored input and Monte-Carlo dropout passes",
-           "auto": "averaged with the mirrored input on a GPU (a single pass on the CPU)"}.get(config.tta)
+           "auto": "averaged with the mirrored input on a GPU (a single pass on the CPU)"}.get(mode.removesuffix("+hu"))
+    shifted = (", with the volume's change when the brain's HU were shifted by -4 and +4 HU (a scanner "
+               "calibration's tolerance)") if mode.endswith("hu") else ""
     paragraphs.append(
         ("The probabilities were " + tta + "; " if tta else "A single forward pass was used; ")
         + "the agreement between passes and the volume with probability 0.2-0.8 were reported as "
-        "uncertainty. The following are estimates, not validated against expert labels: the hemorrhage "
+        "uncertainty" + shifted + ". The following are estimates, not validated against expert labels: the hemorrhage "
         "was split into intraventricular and parenchymal parts with a ventricle map from the BLAST-CT "
         "atlas [@blastct] (registered once onto the template grid and carried to each scan with the rigid "
         "transform) refined on the scan's own CSF density; its location (deep, lobar, infratentorial, "

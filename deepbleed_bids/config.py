@@ -45,7 +45,7 @@ class Config:
     threshold: float = 0.5
     kernels: str = "soft"  # "soft": skip bone-kernel series when a soft-tissue one exists
     seed: int = 1
-    tta: str = "auto"  # test-time augmentation: auto (flip on GPU, none on CPU), none, flip, flip+mc
+    tta: str = "auto"  # test-time augmentation: auto (flip on GPU, none on CPU), none, flip, flip+mc, [flip+[mc+]]hu
     verbose: int = 0
     group_by: list = field(default_factory=list)
     reference_masks: str = ""

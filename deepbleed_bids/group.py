@@ -49,9 +49,13 @@ VOLUME_COLUMNS = {
     "ivh_high_ml": "the larger of those two readings (mL); n/a when the mass-effect fit did not run",
     "volume_low_ml": "lower end of the hemorrhage volume interval over the test-time passes (mL)",
     "volume_high_ml": "upper end of that interval (mL); equal to the volume with --tta none",
+    "calibration_low_ml": "with --tta ...+hu: the hemorrhage volume with the brain's HU shifted by -4 or +4, "
+                          "whichever is lower (mL); n/a otherwise",
+    "calibration_high_ml": "the higher of those two volumes (mL): a wide interval means the result hangs on "
+                           "the scanner's HU calibration",
     "uncertain_volume_ml": "volume of voxels with hemorrhage probability 0.2-0.8 (mL)",
     "pass_dice": "smallest Dice between a test-time pass's mask and the averaged mask (n/a with one pass)",
-    "tta": "test-time augmentation run (none, flip, flip+mc)",
+    "tta": "test-time augmentation run (none, flip, flip+mc, hu, flip+hu, flip+mc+hu)",
     "brain_volume_ml": "brain mask volume (mL)",
     "location_class": "ESTIMATED location: deep / lobar / infratentorial / intraventricular (BLAST-CT atlas)",
     "largest_region": "the atlas region holding the largest share of the hemorrhage",
@@ -137,6 +141,8 @@ def _record(found, out_dir, thresholds):
         "ivh_high_ml": ivh_range[1],
         "volume_low_ml": (unc.get("VolumeInterval") or [None, None])[0],
         "volume_high_ml": (unc.get("VolumeInterval") or [None, None])[1],
+        "calibration_low_ml": (unc.get("CalibrationInterval") or [None, None])[0],
+        "calibration_high_ml": (unc.get("CalibrationInterval") or [None, None])[1],
         "uncertain_volume_ml": unc.get("UncertainVolume"),
         "pass_dice": unc.get("PassDice") if unc.get("Passes", 1) > 1 else None,
         "tta": unc.get("TTA"),

@@ -51,7 +51,11 @@ table) and their default thresholds, all in :data:`THRESHOLDS`:
   and ``max_uncertain_ratio`` times the hemorrhage volume (the 0.2-0.8 band of a
   sharp edge grows with the clot's surface: a large clear clot has mL of it), or
   the volumes of the test-time passes (``--tta``) spread over more than
-  ``max_volume_spread_ml``. Calibrated on synthetic hematomas in the real head
+  ``max_volume_spread_ml``, or (``--tta ...+hu``) a -/+4 HU shift of the brain moves
+  the volume over more than ``max_calibration_spread_ml`` and
+  ``max_calibration_spread_ratio`` times the hemorrhage volume (a confident miss of
+  blood barely denser than the brain: the passes agree, the answer hangs on the HU).
+  Calibrated on synthetic hematomas in the real head
   with the demo model (benchmarks/bench_ivh_uncertainty.py; README).
 """
 import numpy as np
@@ -82,6 +86,8 @@ THRESHOLDS = {
     "max_uncertain_ml": 3.0,
     "max_uncertain_ratio": 0.6,
     "max_volume_spread_ml": 1.5,
+    "max_calibration_spread_ml": 1.5,
+    "max_calibration_spread_ratio": 0.5,
 }
 
 # The classical hyperdensity estimate (measured on the real GE head with
@@ -438,6 +444,12 @@ def uncertain_reasons(metrics, thresholds=None):
                    f"{t['max_uncertain_ratio']:g} x the {volume:.1f} mL hemorrhage)")
     if spread is not None and spread == spread and spread > t["max_volume_spread_ml"]:
         out.append(f"test-time passes disagree by {spread:.1f} mL (> {t['max_volume_spread_ml']:g} mL)")
+    cal = metrics.get("CalibrationSpread")
+    if cal is not None and not np.isnan(cal) and cal > t["max_calibration_spread_ml"] \
+            and cal > t["max_calibration_spread_ratio"] * volume:
+        out.append(f"a -/+{metrics.get('CalibrationShiftHU') or 4:g} HU shift moves the volume over {cal:.1f} mL "
+                   f"(> {t['max_calibration_spread_ml']:g} mL and > {t['max_calibration_spread_ratio']:g} x the "
+                   f"{volume:.1f} mL hemorrhage)")
     return out
 
 
@@ -463,6 +475,8 @@ def quality(hu, brain, hemorrhage, affine, hemorrhage_ml=None, similarity=None,
     m["UncertainVolume"] = unc.get("UncertainVolume")
     m["VolumeSpread"] = unc.get("VolumeSpread") if unc.get("Passes", 1) > 1 else None
     m["PassDice"] = unc.get("PassDice") if unc.get("Passes", 1) > 1 else None
+    m["CalibrationSpread"] = unc.get("CalibrationSpread")
+    m["CalibrationShiftHU"] = unc.get("CalibrationShiftHU")
     found = flags(m, t)
     return {"Pass": not found, "Flags": found, "Metrics": _rounded(m), "Thresholds": t,
             "Hyperdensity": dict(HYPER)}

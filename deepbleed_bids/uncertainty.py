@@ -11,9 +11,16 @@ Measures (the ``Uncertainty`` record of the hemorrhage sidecar):
 * ``VolumeInterval``: the reported (native) volume shifted by the lowest and
   highest pass volume relative to the averaged mask's template-grid volume:
   [V + min_k(v_k - v), V + max_k(v_k - v)]; its width is ``VolumeSpread``.
+* ``CalibrationInterval`` (``--tta ...+hu``): the reported volume shifted as the
+  identity pass's volume moves when the brain's HU are shifted by -/+``CalibrationShiftHU``
+  (``CalibrationVolumes``, template grid); its width is ``CalibrationSpread``. A
+  confident miss of blood barely denser than the brain has no 0.2-0.8 band and passes
+  that agree, but its volume swings with a few HU.
 
 The ``uncertain`` QC flag (deepbleed_bids.qc) fires when ``UncertainVolume``
-exceeds ``max_uncertain_ml`` or ``VolumeSpread`` exceeds ``max_volume_spread_ml``.
+exceeds ``max_uncertain_ml`` (and a share of the volume), ``VolumeSpread`` exceeds
+``max_volume_spread_ml``, or ``CalibrationSpread`` exceeds ``max_calibration_spread_ml``
+(and a share of the volume).
 """
 import numpy as np
 
@@ -44,15 +51,31 @@ def pass_agreement(passes, voxel_ml, threshold=0.5):
             "PassDice": round(min(dices), 4)}
 
 
+def calibration_agreement(identity, shifted, shift_hu, voxel_ml, threshold=0.5):
+    """The volumes (mL, template grid) of the identity pass and of the HU-shifted passes."""
+    def volume(p):
+        return round(float(np.count_nonzero(np.asarray(p) >= threshold) * voxel_ml), 3)
+
+    return {"CalibrationShiftHU": float(shift_hu), "CalibrationVolumes": [volume(p) for p in shifted],
+            "IdentityVolume": volume(identity)}
+
+
+def _interval(volume, base, others):
+    lo = volume + min(v - base for v in others)
+    hi = volume + max(v - base for v in others)
+    return max(0.0, min(lo, volume)), max(hi, volume)
+
+
 def summarise(agreement, native_volume_ml, native_prob, native_voxel_ml, band=BAND):
     """The sidecar's ``Uncertainty`` record from the pass agreement and the native probability."""
-    base = agreement["MeanMaskVolume"]
-    lo = native_volume_ml + min(v - base for v in agreement["PassVolumes"])
-    hi = native_volume_ml + max(v - base for v in agreement["PassVolumes"])
-    lo, hi = max(0.0, min(lo, native_volume_ml)), max(hi, native_volume_ml)
-    return {**agreement,
-            "UncertainVolume": round(uncertain_volume(native_prob, native_voxel_ml, band), 3),
-            "UncertainBand": list(band),
-            "VolumeInterval": [round(lo, 3), round(hi, 3)],
-            "VolumeSpread": round(hi - lo, 3),
-            "Units": "mL"}
+    lo, hi = _interval(native_volume_ml, agreement["MeanMaskVolume"], agreement["PassVolumes"])
+    rec = {**agreement,
+           "UncertainVolume": round(uncertain_volume(native_prob, native_voxel_ml, band), 3),
+           "UncertainBand": list(band),
+           "VolumeInterval": [round(lo, 3), round(hi, 3)],
+           "VolumeSpread": round(hi - lo, 3),
+           "Units": "mL"}
+    if agreement.get("CalibrationVolumes"):
+        lo, hi = _interval(native_volume_ml, agreement["IdentityVolume"], agreement["CalibrationVolumes"])
+        rec.update(CalibrationInterval=[round(lo, 3), round(hi, 3)], CalibrationSpread=round(hi - lo, 3))
+    return rec

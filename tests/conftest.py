@@ -65,3 +65,22 @@ def head_and_brain(ge_head):
     img = nib.load(ge_head)
     img = like(np.asanyarray(img.dataobj), img)  # in memory, geometry fields kept bit for bit
     return img, extract_brain(clamp_hu(np.asanyarray(img.dataobj)), img.affine)
+
+
+@pytest.fixture(scope="session")
+def registered_head(head_and_brain, template_path, tmp_path_factory):
+    """The real head rigidly registered to the template as the pipeline does it:
+    (native image, brain mask, template image, transform)."""
+    import nibabel as nib
+    import numpy as np
+
+    from deepbleed_bids.ct import clamp_hu
+    from deepbleed_bids.nifti import like
+    from deepbleed_bids.registration import register_rigid
+
+    img, brain = head_and_brain
+    hu = clamp_hu(np.asanyarray(img.dataobj))
+    tpl = nib.load(str(template_path))
+    reg = register_rigid(like(np.where(brain, hu, 0), img, dtype=np.int16), tpl,
+                         str(tmp_path_factory.mktemp("reg_head") / "reg_"))
+    return img, brain, tpl, reg["transform"]

@@ -297,6 +297,9 @@ def test_boilerplate_describes_uncertainty_and_the_trial_measures(tmp_path):
         assert text in md, text
     config.tta = "none"
     assert "single forward pass" in write_citation(config)["md"].read_text()
+    config.tta = "flip+hu"
+    md = write_citation(config)["md"].read_text()
+    assert "left-right mirrored input" in md and "shifted by -4 and +4 HU" in md
     bib = paths["bib"].read_text()
     for key in ("blastct", "volbers2018", "hemphill2001"):
         assert f"{{{key},\n" in bib

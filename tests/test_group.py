@@ -402,13 +402,24 @@ def test_ivh_range_of_a_mass_effect_fit_reaches_the_tables(cohort, tmp_path):
     path = out / "sub-01" / "ses-1" / "ct" / "sub-01_ses-1_desc-hemorrhage_mask.json"
     meta = json.loads(path.read_text())
     meta["HemorrhageSplit"]["IntraventricularVolumeRange"] = [0.25, meta["IntraventricularVolume"] + 3.0]
+    # and --tta hu's calibration interval, as summarise and qc.quality write it: a volume that a
+    # -/+4 HU shift moves by more than 1.5 mL and half the volume is flagged, here and at the group level
+    v = meta["HemorrhageVolume"]
+    meta["Uncertainty"].update(CalibrationShiftHU=4.0, CalibrationInterval=[0.5 * v, 2.0 * v + 2.0],
+                               CalibrationSpread=1.5 * v + 2.0)
+    meta["QC"]["Metrics"].update(CalibrationShiftHU=4.0, CalibrationSpread=1.5 * v + 2.0)
     path.write_text(json.dumps(meta))
     assert main([str(cohort["bids"]), str(out), "group"]) == 0
     vol = pd.read_csv(out / "group" / "volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
     row = vol.set_index("image").loc["sub-01_ses-1"]
     assert row["ivh_low_ml"] == 0.25 and row["ivh_high_ml"] == pytest.approx(meta["IntraventricularVolume"] + 3.0)
+    assert [row["calibration_low_ml"], row["calibration_high_ml"]] == pytest.approx([0.5 * v, 2.0 * v + 2.0])
+    assert "uncertain" in row["qc_flags"].split(";")
+    other = vol.set_index("image").loc["sub-02_ses-1"]  # no +hu: n/a
+    assert pd.isna(other["calibration_low_ml"]) and pd.isna(other["calibration_high_ml"])
     described = json.loads((out / "group" / "volumes.json").read_text())
     assert "mass-effect" in described["ivh_low_ml"]["Description"]
+    assert "calibration" in described["calibration_high_ml"]["Description"]
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def case(ge_head, head_and_brain, asset_home, tmp_path_factory):
     env = {**os.environ, "DEEPBLEED_HOME": str(asset_home)}
     cmd = [sys.executable, str(RUN_PY), str(bids), str(tmp / "out"), "participant", "--model", str(model),
            "--nprocs", "2", "--omp-nthreads", "1", "--work-dir", str(tmp / "work"),
-           "--write-graph", "--resource-monitor", "--notrack", "--mem", "8G"]
+           "--write-graph", "--resource-monitor", "--notrack", "--mem", "8G", "--tta", "flip+hu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
     return {"tmp": tmp, "bids": bids, "out": tmp / "out", "proc": proc, "lesion": lesion, "info": info,
             "model": model, "cmd": cmd, "env": env}
@@ -106,6 +106,12 @@ def test_outputs_keep_geometry_and_carry_provenance(case, stem, folder, source, 
     assert set(meta["Timings"]) >= {"brain_extraction", "registration", "vnet_forward", "to_native"}
     assert {"tensorflow", "nipype", "antspyx", "pybids"} <= set(meta["Software"])
     assert meta["SoftwareVersions"].startswith("deepbleed-bids ")  # BIDS: a string
+    # --tta flip+hu: the mirrored pass averaged in, the -/+4 HU passes as an interval (#15)
+    unc = meta["Uncertainty"]
+    assert unc["TTA"] == "flip+hu" and unc["Passes"] == 2 and unc["CalibrationShiftHU"] == 4.0
+    low, high = unc["CalibrationInterval"]
+    assert low <= meta["HemorrhageVolume"] <= high and unc["CalibrationSpread"] == pytest.approx(high - low, abs=2e-3)
+    assert meta["QC"]["Metrics"]["CalibrationSpread"] == unc["CalibrationSpread"]
     # the network input: raw HU, 0 outside the brain, on the template grid
     net_in = np.asanyarray(nib.load(files["space-DeepBleedCT_desc-preproc_ct"]).dataobj)
     assert (net_in == 0).mean() > 0.4 and net_in.max() <= 3071 and 20 < np.median(net_in[net_in != 0]) < 50

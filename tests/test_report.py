@@ -116,3 +116,15 @@ def test_summary_row_carries_the_split_caution():
     assert "2.90 mL / 37.10 mL (mass-effect fit ran: review the IVH part &lt;x&gt;)" in html
     del meta["HemorrhageSplit"]["Caution"]
     assert "review" not in _summary(meta) and "2.90 mL / 37.10 mL" in _summary(meta)
+
+
+def test_uncertainty_text_shows_the_calibration_interval():
+    """--tta ...+hu: the volume with the brain's HU shifted by -/+4 is shown beside the pass interval."""
+    from deepbleed_bids.reports.participant import _uncertainty_text
+
+    unc = {"TTA": "flip+hu", "Passes": 2, "UncertainVolume": 0.2, "VolumeInterval": [1.9, 2.3], "PassDice": 0.91,
+           "CalibrationShiftHU": 4.0, "CalibrationInterval": [0.0, 9.8]}
+    text = _uncertainty_text({"Uncertainty": unc})
+    assert "volume 1.9-2.3 mL" in text and "HU shifted by -/+4: 0.0-9.8 mL" in text
+    del unc["CalibrationInterval"]
+    assert "HU shifted" not in _uncertainty_text({"Uncertainty": unc})

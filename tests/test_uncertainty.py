@@ -3,16 +3,20 @@ import numpy as np
 import pytest
 
 from deepbleed_bids import qc as QC
-from deepbleed_bids.model.predict import has_dropout, predict_passes, predict_volume, resolve_tta
-from deepbleed_bids.uncertainty import pass_agreement, summarise, uncertain_volume
+from deepbleed_bids.model.predict import (calibration_passes, has_dropout, predict_passes, predict_volume,
+                                          resolve_tta, tta_parts)
+from deepbleed_bids.uncertainty import calibration_agreement, pass_agreement, summarise, uncertain_volume
 
 
 def test_tta_default_is_flip_on_gpu_none_on_cpu():
     assert resolve_tta("auto", "/GPU:0") == "flip"
     assert resolve_tta("auto", "/CPU:0") == "none"
     assert resolve_tta("flip+mc", "/CPU:0") == "flip+mc"
+    assert resolve_tta("flip+hu", "/GPU:0") == "flip+hu"
     with pytest.raises(ValueError, match="tta must be one of"):
         resolve_tta("mirror")
+    assert tta_parts("flip+mc+hu") == {"flip", "mc", "hu"} and tta_parts("hu") == {"hu"}
+    assert tta_parts(resolve_tta("auto", "/CPU:0")) == set()
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,20 @@ def test_flip_pass_is_the_mirrored_prediction(tiny_models):
     np.testing.assert_allclose(passes[1], mirrored, atol=1e-6)
     # an asymmetric input: the two passes are different views, not a copy
     assert not np.allclose(passes[0], passes[1])
+
+
+def test_calibration_passes_shift_only_the_brain_and_stay_out_of_the_average(tiny_models):
+    model, _ = tiny_models
+    volume = np.random.default_rng(3).uniform(20, 60, (16, 16, 16)).astype(np.float32)
+    volume[:4] = 0  # outside the brain: stays 0 in the shifted inputs
+    low, high = calibration_passes(model, volume, 4.0)
+    inside = volume != 0
+    np.testing.assert_allclose(low, predict_volume(model, np.where(inside, volume - 4, 0)), atol=1e-6)
+    np.testing.assert_allclose(high, predict_volume(model, np.where(inside, volume + 4, 0)), atol=1e-6)
+    assert not np.allclose(low, high)
+    # +hu adds no pass to the averaged ones: the probability map is the flip result
+    _, info = predict_passes(model, volume, "flip+hu")
+    assert info["Passes"] == ["identity", "flip"] and info["TTA"] == "flip+hu"
 
 
 def test_monte_carlo_dropout_only_where_the_model_has_dropout(tiny_models):
@@ -87,6 +105,15 @@ def test_uncertainty_record_interval_and_band():
     assert rec["UncertainVolume"] == pytest.approx(1.25)
     assert rec["VolumeInterval"] == [12.0, pytest.approx(15.2)] and rec["VolumeSpread"] == pytest.approx(3.2)
     assert uncertain_volume(native, 1.0, (0.6, 0.99)) == 1000.0
+    assert "CalibrationInterval" not in rec
+    # -/+4 HU: the identity pass's 6.4 mL becomes 4.8 and 9.6 mL; the native 12 mL moves as much
+    low = a.copy()
+    low[2:6, 2:6, 5] = 0  # 48 voxels left at -4 HU; b (96 voxels) stands for +4 HU
+    calib = calibration_agreement(a, [low, b], 4.0, voxel_ml=0.1)
+    assert calib == {"CalibrationShiftHU": 4.0, "CalibrationVolumes": [4.8, 9.6], "IdentityVolume": 6.4}
+    rec = summarise({**agreement, **calib}, 12.0, native, 0.01)
+    assert rec["CalibrationInterval"] == [pytest.approx(10.4), pytest.approx(15.2)]
+    assert rec["CalibrationSpread"] == pytest.approx(4.8)
 
 
 def _metrics(**extra):
@@ -113,6 +140,13 @@ def test_uncertain_flag_and_its_thresholds():
                                        {"max_uncertain_ml": 10.0})
     assert "uncertain" in QC.flags(_metrics(UncertainVolume=5.0, HemorrhageVolume=2.0), {"max_uncertain_ml": 4.0})
     assert "uncertain" in QC.flags(_metrics(UncertainVolume=6.0), {"max_uncertain_ratio": 0.2})
+    # +hu: a confident miss (no mask, no band) whose volume swings with a -/+4 HU shift
+    miss = QC.flags(_metrics(UncertainVolume=0.1, HemorrhageVolume=0.0, CalibrationSpread=7.2))
+    assert "HU shift moves the volume over 7.2 mL" in miss["uncertain"]
+    # a clear 20 mL clot whose edge moves by 3 mL: within 0.5 x its volume
+    assert "uncertain" not in QC.flags(_metrics(UncertainVolume=0.1, CalibrationSpread=3.0))
+    assert "uncertain" not in QC.flags(_metrics(HemorrhageVolume=0.0, CalibrationSpread=1.0))
+    assert "uncertain" in QC.flags(_metrics(CalibrationSpread=3.0), {"max_calibration_spread_ratio": 0.1})
 
 
 def test_quality_records_uncertainty_measures():
@@ -130,3 +164,43 @@ def test_quality_records_uncertainty_measures():
     two = QC.quality(hu, brain, bleed, affine, uncertainty={"Passes": 2, "UncertainVolume": 0.1,
                                                             "VolumeSpread": 0.2, "PassDice": 0.97})
     assert two["Metrics"]["PassDice"] == 0.97 and "uncertain" not in two["Flags"]
+
+
+def test_hu_shift_flags_faint_blood_in_the_real_head(registered_head, tmp_path):
+    """--tta hu on the real head with the demo model: a faint 20 mL bleed (mean 43 HU, barely
+    above grey matter) swings with a -/+4 HU shift and is flagged; the same bleed at a clear
+    65 HU and the lesion-free head are not."""
+    import nibabel as nib
+
+    from deepbleed_bids import synth
+    from deepbleed_bids.model.segment import segment
+    from deepbleed_bids.model.zoo import resolve_model
+    from deepbleed_bids.nifti import like
+    from deepbleed_bids.registration import to_template
+
+    img, brain, tpl, xfm = registered_head
+    spec = resolve_model("synthetic-demo").provenance()
+    cases = {"lesion-free": img}
+    for name, mean_hu in (("faint", 43.0), ("clear", 65.0)):  # one shape and place (same seed)
+        cases[name] = synth.insert_hematoma(img, brain, 20.0, np.random.default_rng(11), location="deep",
+                                            mean_hu=mean_hu, texture_sd=4.0, hu_range=(34, 90))[0]
+    found = {}
+    for name, case in cases.items():
+        hu = np.asanyarray(case.dataobj).astype(np.float32)
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm), path)
+        (tmp_path / name).mkdir()
+        agreement = segment(str(path), str(tmp_path / name), spec, device="cpu", tta="hu")["agreement"]
+        assert agreement["TTA"] == "hu" and agreement["Passes"] == 1 and agreement["CalibrationShiftHU"] == 4.0
+        volume = agreement["IdentityVolume"]
+        rec = summarise(agreement, volume, np.zeros(1), 1.0)
+        low, high = rec["CalibrationInterval"]
+        assert low <= volume <= high
+        found[name] = (volume, rec["CalibrationSpread"], QC.uncertain_reasons(
+            {"HemorrhageVolume": volume, "UncertainVolume": 0.0, "CalibrationSpread": rec["CalibrationSpread"]}))
+    print(found)
+    assert found["clear"][0] > 15.0 and not found["clear"][2]
+    assert not found["lesion-free"][2] and found["lesion-free"][0] < 1.0
+    volume, spread, reasons = found["faint"]
+    assert volume < 15.0 and spread > 0.5 * max(volume, 3.0)
+    assert reasons and "HU shift" in reasons[0]

@@ -27,27 +27,13 @@ def test_packaged_atlas_is_on_the_template_grid_with_license(template_path):
     assert A.dice(A.ventricle_prior(img), dark) > 0.7
 
 
-@pytest.fixture(scope="module")
-def registered(head_and_brain, template_path, tmp_path_factory):
-    from deepbleed_bids.ct import clamp_hu
-    from deepbleed_bids.nifti import like
-    from deepbleed_bids.registration import register_rigid
-
-    img, brain = head_and_brain
-    hu = clamp_hu(np.asanyarray(img.dataobj))
-    tpl = nib.load(str(template_path))
-    reg = register_rigid(like(np.where(brain, hu, 0), img, dtype=np.int16), tpl,
-                         str(tmp_path_factory.mktemp("vent") / "reg_"))
-    return img, brain, tpl, reg["transform"]
-
-
-def _split(registered, case, mask):
+def _split(registered_head, case, mask):
     """The split as the pipeline runs it: the case on the template grid (nearest neighbour, 0 outside
     the brain), the mask's linear probability there, the native arrays."""
     from deepbleed_bids.nifti import like
     from deepbleed_bids.registration import to_template
 
-    img, brain, tpl, xfm = registered
+    img, brain, tpl, xfm = registered_head
     hu = np.asanyarray(case.dataobj).astype(np.float32)
     scan_t = to_template(like(np.where(brain, hu, 0), img, dtype=np.float32), tpl, xfm)
     prob_t = np.asanyarray(to_template(like(mask.astype(np.float32), img, dtype=np.float32), tpl, xfm,
@@ -55,8 +41,8 @@ def _split(registered, case, mask):
     return V.split_hemorrhage(scan_t, prob_t, img, xfm, hu, brain, mask)
 
 
-def test_carry_labels_keeps_the_scan_geometry(registered):
-    img, brain, tpl, xfm = registered
+def test_carry_labels_keeps_the_scan_geometry(registered_head):
+    img, brain, tpl, xfm = registered_head
     native = A.carry_labels(A.atlas_image(), img, xfm)
     assert native.shape == img.shape and np.array_equal(native.affine, img.affine)
     assert np.array_equal(native.header.get_qform(), img.header.get_qform())
@@ -72,15 +58,15 @@ def test_carry_labels_keeps_the_scan_geometry(registered):
 
 
 @pytest.mark.parametrize("kind,volume,seed", [("extension", 20.0, 3), ("cast", 8.0, 5)])
-def test_split_of_a_synthetic_clot_with_known_ivh(registered, kind, volume, seed):
-    img, brain, tpl, xfm = registered
+def test_split_of_a_synthetic_clot_with_known_ivh(registered_head, kind, volume, seed):
+    img, brain, tpl, xfm = registered_head
     case, mask, ivh, info = synth.insert_ventricular_hematoma(img, brain, volume, np.random.default_rng(seed),
                                                               kind=kind)
     vml = abs(np.linalg.det(img.affine[:3, :3])) / 1000
     assert info["intraventricular_ml"] == pytest.approx(ivh.sum() * vml)
     assert info["intraventricular_ml"] + info["parenchymal_ml"] == pytest.approx(info["volume_ml"])
     assert info["intraventricular_ml"] > 0.5 and info["parenchymal_ml"] > 0.1  # both parts present
-    dseg, vent, split = _split(registered, case, mask)
+    dseg, vent, split = _split(registered_head, case, mask)
     assert dseg.shape == img.shape and set(np.unique(dseg)) <= {0, 1, 2}
     assert np.array_equal(dseg > 0, mask)  # a partition of the hemorrhage mask
     assert split["IntraventricularVolume"] + split["ParenchymalVolume"] == pytest.approx(mask.sum() * vml, abs=1e-3)
@@ -111,16 +97,16 @@ def test_split_labels_and_tsv():
     assert str(path) == "/out/sub-01/ses-1/ct/sub-01_ses-1_acq-soft_desc-hemorrhage_dseg.nii.gz"
 
 
-def test_pure_ivh_split_and_mass_effect_case(registered):
+def test_pure_ivh_split_and_mass_effect_case(registered_head):
     """The generator's new ventricular kinds: blood confined to the ventricles ("pure": all of it is
     IVH, and the split finds it within the target), and a deep clot that pushes the ventricles
     aside ("mass_effect": the brain moves, the clot stays mostly parenchymal)."""
-    img, brain, tpl, xfm = registered
+    img, brain, tpl, xfm = registered_head
     vml = abs(np.linalg.det(img.affine[:3, :3])) / 1000
     case, mask, ivh, info = synth.insert_ventricular_hematoma(img, brain, 6.0, np.random.default_rng(2), kind="pure")
     assert info["kind"] == "pure" and np.array_equal(mask, ivh) and info["parenchymal_ml"] == 0.0
     assert info["intraventricular_ml"] == pytest.approx(6.0, rel=0.1)
-    dseg, vent, split = _split(registered, case, mask)
+    dseg, vent, split = _split(registered_head, case, mask)
     assert np.array_equal(dseg > 0, mask)
     error = abs(split["IntraventricularVolume"] - info["intraventricular_ml"])
     assert error <= max(2.0, 0.15 * info["intraventricular_ml"])
@@ -133,7 +119,7 @@ def test_pure_ivh_split_and_mass_effect_case(registered):
     assert info["intraventricular_ml"] == pytest.approx(ivh.sum() * vml)
     assert not np.array_equal(np.asanyarray(case.dataobj), np.asanyarray(img.dataobj))
     # the split fits the prior to the pushed ventricles and says its IVH part needs a reader
-    dseg, _, split = _split(registered, case, mask)
+    dseg, _, split = _split(registered_head, case, mask)
     assert np.array_equal(dseg > 0, mask)
     assert split["PriorFit"] == "SyN" and "review the IVH part" in split["Caution"]
     print(f"mass effect: IVH {split['IntraventricularVolume']:.2f} mL called (true 0), "

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .. import __version__
+from ..model.predict import TTA_CHOICES
 
 
 def _json_dict(text):
@@ -88,12 +89,14 @@ def add_bids_app_arguments(parser):
                            "datasets made by dicom2bids, which records the source series)")
     proc.add_argument("--dicom-deidentify", action="store_true",
                       help="leave patient/study identifiers out of the DICOM outputs")
-    proc.add_argument("--tta", choices=["auto", "none", "flip", "flip+mc"], default="auto",
+    proc.add_argument("--tta", choices=list(TTA_CHOICES), default="auto",
                       help="test-time augmentation: flip also runs the network on the left-right mirrored "
                            "input and averages the probabilities; flip+mc adds 4 Monte-Carlo dropout passes "
-                           "per orientation when the model has dropout. The pass agreement, a volume interval "
-                           "and the uncertain volume (probability 0.2-0.8) go into the sidecar and the "
-                           "'uncertain' QC flag. auto (default): flip on a GPU, none on the CPU")
+                           "per orientation when the model has dropout; +hu adds two passes with the brain's "
+                           "HU shifted by -4 and +4 (not averaged in: the volume's dependence on the scanner's "
+                           "calibration, which reveals confident misses of faint blood). The pass agreement, "
+                           "the volume intervals and the uncertain volume (probability 0.2-0.8) go into the "
+                           "sidecar and the 'uncertain' QC flag. auto (default): flip on a GPU, none on the CPU")
 
     perf = parser.add_argument_group("performance")
     perf.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",

@@ -1,6 +1,8 @@
 """Nipype interface: the VNet forward pass on the template grid."""
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from ..model.predict import TTA_CHOICES
+
 
 class _SegmentInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="CT on the template grid (raw HU, 0 outside brain)")
@@ -13,7 +15,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     mixed_precision = traits.Bool(False, usedefault=True, desc="older switch: fp16 (see precision)")
     precision = traits.Enum("fp32", "bf16", "fp16", "auto", desc="compute precision (model.device)")
     num_threads = traits.Int(1, usedefault=True)
-    tta = traits.Enum("auto", "none", "flip", "flip+mc", usedefault=True,
+    tta = traits.Enum(*TTA_CHOICES, usedefault=True,
                       desc="test-time augmentation (deepbleed_bids.model.predict.predict_passes)")
     threshold = traits.Float(0.5, usedefault=True, desc="mask threshold for the pass agreement")
     seed = traits.Int(1, usedefault=True)

@@ -50,8 +50,12 @@ def predict_volume(model, volume, patch_size=0, overlap=0.5, batch_size=1, devic
 
 # ---------------------------------------------------------------- test-time augmentation
 
-TTA_CHOICES = ("auto", "none", "flip", "flip+mc")
+TTA_CHOICES = ("auto", "none", "flip", "flip+mc", "hu", "flip+hu", "flip+mc+hu")
 MC_PASSES = 4  # Monte-Carlo dropout passes added by --tta flip+mc
+# +hu: two more passes with the brain's HU shifted by -/+ this much (not averaged in). CT number
+# accuracy of water is held to about +/-4 HU in acceptance testing (ACR allows +/-7), and the
+# published network reads raw HU: how far the volume moves is what a site's calibration can do.
+CALIBRATION_HU = 4.0
 FLIP_AXIS = 0  # the template grid is RAS: axis 0 runs left to right
 
 
@@ -62,6 +66,11 @@ def resolve_tta(requested, device="/CPU:0"):
     if requested == "auto":
         return "flip" if "GPU" in str(device).upper() else "none"
     return requested
+
+
+def tta_parts(tta):
+    """The passes a (resolved) ``--tta`` mode asks for: a subset of {"flip", "mc", "hu"}."""
+    return set(tta.split("+")) - {"none", "auto"}
 
 
 def has_dropout(model):
@@ -98,18 +107,20 @@ def predict_passes(model, volume, tta="none", patch_size=0, overlap=0.5, batch_s
     ``flip+mc``: plus ``mc_passes`` Monte-Carlo dropout passes on each of the two
     orientations when the model has dropout, or with ``mc_model`` (see :func:`dropout_twin`)
     (the VNet has no batch normalisation, so ``training=True`` only switches dropout on).
-    Returns (list of arrays, info).
+    A ``+hu`` suffix changes nothing here: its passes are :func:`calibration_passes`, which
+    are not averaged into the probability. Returns (list of arrays, info).
     """
     import tensorflow as tf
 
     tta = resolve_tta(tta, device)
+    parts = tta_parts(tta)
     volume = np.asarray(volume, dtype=np.float32)
     run = lambda v: predict_volume(model, v, patch_size, overlap, batch_size, device)  # noqa: E731
     passes, names, notes = [run(volume)], ["identity"], []
-    if tta in ("flip", "flip+mc"):
+    if "flip" in parts:
         passes.append(np.flip(run(np.flip(volume, FLIP_AXIS).copy()), FLIP_AXIS).copy())
         names.append("flip")
-    if tta == "flip+mc":
+    if "mc" in parts:
         if mc_model is not None and has_dropout(mc_model):
             model = mc_model
         if not has_dropout(model):
@@ -124,6 +135,18 @@ def predict_passes(model, volume, tta="none", patch_size=0, overlap=0.5, batch_s
                     passes.append(np.flip(out, FLIP_AXIS).copy() if flipped else out)
                     names.append(f"mc{k + 1}" + ("-flip" if flipped else ""))
     return passes, {"TTA": tta, "Passes": names, "Notes": notes}
+
+
+def calibration_passes(model, volume, shift_hu=CALIBRATION_HU, patch_size=0, overlap=0.5, batch_size=1,
+                       device="/CPU:0"):
+    """The probability maps with the brain's HU shifted by -shift_hu and +shift_hu (0 outside
+    the brain stays 0): how much the answer hangs on the scanner's HU calibration. A blood
+    pool barely denser than the brain can vanish at -4 HU and appear at +4 HU while every
+    pass is confident: the uncertainty the flip and dropout passes cannot show."""
+    volume = np.asarray(volume, dtype=np.float32)
+    inside = volume != 0
+    return [predict_volume(model, np.where(inside, volume + s, 0).astype(np.float32), patch_size, overlap,
+                           batch_size, device) for s in (-shift_hu, shift_hu)]
 
 
 class _DropoutOn:

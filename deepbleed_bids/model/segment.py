@@ -12,10 +12,17 @@ def segment(in_file, out_dir, model_spec, device="auto", mixed_precision=False, 
     import numpy as np
 
     from ..nifti import like, voxel_volume_ml
-    from ..uncertainty import pass_agreement
+    from ..uncertainty import calibration_agreement, pass_agreement
     from ..utils import out_path
     from .device import configure
-    from .predict import dropout_twin, predict_passes, resolve_tta
+    from .predict import (
+        CALIBRATION_HU,
+        calibration_passes,
+        dropout_twin,
+        predict_passes,
+        resolve_tta,
+        tta_parts,
+    )
     from .zoo import ModelSpec, load_model
 
     start = time.perf_counter()
@@ -26,12 +33,16 @@ def segment(in_file, out_dir, model_spec, device="auto", mixed_precision=False, 
     patch = spec.patch_size or 0
     model = load_model(spec, input_shape=(*((patch,) * 3 if patch else volume.shape), 1))
     t0 = time.perf_counter()
-    mc_model = dropout_twin(model, spec) if resolve_tta(tta, plan["device"]) == "flip+mc" else None
+    parts = tta_parts(resolve_tta(tta, plan["device"]))
+    mc_model = dropout_twin(model, spec) if "mc" in parts else None
     passes, tta_info = predict_passes(model, volume, tta, patch_size=patch, device=plan["device"],
                                       seed=seed, mc_model=mc_model)
     prob = np.mean(passes, axis=0, dtype=np.float32) if len(passes) > 1 else passes[0]
-    forward = time.perf_counter() - t0
     agreement = {**tta_info, **pass_agreement(passes, voxel_volume_ml(img), threshold)}
+    if "hu" in parts:
+        shifted = calibration_passes(model, volume, CALIBRATION_HU, patch_size=patch, device=plan["device"])
+        agreement.update(calibration_agreement(passes[0], shifted, CALIBRATION_HU, voxel_volume_ml(img), threshold))
+    forward = time.perf_counter() - t0
     out = out_path(out_dir, in_file, "probseg")
     nib.save(like(prob, img, dtype=np.float32), out)
     return {"out_probseg": out, "device_plan": plan, "forward_s": forward, "agreement": agreement,

@@ -193,6 +193,9 @@ def _uncertainty_text(meta):
                  f"smallest pass Dice {H.fmt(unc.get('PassDice'), 2)}")
     else:
         text += f"; one pass (--tta {H.esc(unc.get('TTA'))}): no interval"
+    if unc.get("CalibrationInterval"):
+        lo, hi = unc["CalibrationInterval"]
+        text += f"; with the brain's HU shifted by -/+{H.fmt(unc.get('CalibrationShiftHU'), 0)}: {H.fmt(lo, 1)}-{H.fmt(hi, 1)} mL"
     return text
 
 
