@@ -11,9 +11,11 @@ from the parenchyma into a ventricle ("extension") and clots centred inside a ve
 ("cast"), beside typical deep/lobar bleeds. The head is registered to the template once
 (the rigid transform does not depend on a small lesion); each case is resampled onto the
 template grid exactly as the pipeline does (nearest neighbour, 0 outside the brain), the
-bundled ``synthetic-demo`` model runs directly on it (identity, left-right flip and
-``--mc-passes`` Monte-Carlo dropout passes per orientation), and the averaged probability
-goes back to native space (linear, 0.5 level) as in the pipeline.
+bundled ``synthetic-demo`` model runs directly on it (identity, left-right flip,
+``--mc-passes`` Monte-Carlo dropout passes per orientation, and the identity input with the
+brain's HU shifted by -4 and +4: ``flip+hu`` is the flip result with that calibration
+interval), and the averaged probability goes back to native space (linear, 0.5 level) as in
+the pipeline.
 
 Table 1 (per --tta mode, all cases): Spearman rank correlation between each uncertainty
 measure and the absolute volume error; how many of the worst 10 % of cases (largest
@@ -34,6 +36,7 @@ Also printed: per-stage times, peak memory and the CPU model. Per-case rows go t
 """
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -121,15 +124,22 @@ def main():
     import numpy as np
     import pandas as pd
 
-    from deepbleed_bids import qc as QC
     from deepbleed_bids.brain import extract_brain
     from deepbleed_bids.model.device import configure
-    from deepbleed_bids.model.predict import predict_passes
+    from deepbleed_bids.model.predict import (
+        CALIBRATION_HU,
+        calibration_passes,
+        predict_passes,
+    )
     from deepbleed_bids.model.zoo import load_model, resolve_model
     from deepbleed_bids.nifti import like, voxel_volume_ml
     from deepbleed_bids.registration import register_rigid, to_native, to_template
     from deepbleed_bids.testing import StageTimes, bench_head_and_template
-    from deepbleed_bids.uncertainty import pass_agreement, summarise
+    from deepbleed_bids.uncertainty import (
+        calibration_agreement,
+        pass_agreement,
+        summarise,
+    )
     from deepbleed_bids.ventricles import split_hemorrhage
 
     tmp = Path(tempfile.mkdtemp(prefix="deepbleed-bench-ivh-"))
@@ -152,8 +162,6 @@ def main():
     mc_model = dropout_twin(model, spec)  # the demo model was trained with dropout 0.1
     vml = voxel_volume_ml(img)
     tml = voxel_volume_ml(template)
-    thresholds = QC.THRESHOLDS
-
     rng = np.random.default_rng(args.seed)
     rows = []
     kinds = [k for k in (IVH_KINDS if args.ivh_only else KINDS) for _ in range(args.per_kind)]
@@ -181,14 +189,21 @@ def main():
             mask = prob >= 0.5
             volume = float(mask.sum() * vml)
             rec = summarise(pass_agreement(sub, tml), volume, prob, vml)
-            metrics = {"UncertainVolume": rec["UncertainVolume"], "HemorrhageVolume": volume,
-                       "VolumeSpread": rec["VolumeSpread"] if len(sub) > 1 else None}
             row.update({f"{mode}_ml": volume, f"{mode}_abs_err": abs(volume - true_ml),
                         f"{mode}_uncertain_ml": rec["UncertainVolume"], f"{mode}_spread_ml": rec["VolumeSpread"],
-                        f"{mode}_pass_dice": rec["PassDice"],
-                        f"{mode}_flag": bool(QC.uncertain_reasons(metrics, thresholds))})
+                        f"{mode}_pass_dice": rec["PassDice"]})
             if mode == "flip":
                 flip_mask, flip_prob_t = mask, prob_t
+                if not args.ivh_only:  # flip+hu: the flip result with the brain's HU shifted by -/+4 (not averaged in)
+                    shifted = timed("VNet passes", lambda: calibration_passes(
+                        model, vol, CALIBRATION_HU, patch_size=spec.patch_size or 0, device=plan["device"]))
+                    rec = summarise({**pass_agreement(sub, tml),
+                                     **calibration_agreement(passes[0], shifted, CALIBRATION_HU, tml)}, volume, prob, vml)
+                    row.update({f"flip+hu_{k}": row[f"flip_{k}"] for k in
+                                ("ml", "abs_err", "uncertain_ml", "spread_ml", "pass_dice")})
+                    row.update({"flip+hu_cal_low": rec["CalibrationInterval"][0],
+                                "flip+hu_cal_high": rec["CalibrationInterval"][1],
+                                "flip+hu_cal_spread_ml": rec["CalibrationSpread"]})
         if ivh is not None:
             row.update(true_ivh_ml=info["intraventricular_ml"], true_par_ml=info["parenchymal_ml"])
             for label, hem in (("truthmask", truth), ("network", flip_mask)):
@@ -225,27 +240,34 @@ def _tables(df, mc_passes, out_dir, times):
     print(f"\nTable 1. Uncertainty vs absolute volume error ({len(df)} synthetic cases in the real head, "
           f"synthetic-demo model; flag: uncertain volume > {thresholds['max_uncertain_ml']:g} mL and > "
           f"{thresholds['max_uncertain_ratio']:g} x the volume, or pass spread > "
-          f"{thresholds['max_volume_spread_ml']:g} mL)")
+          f"{thresholds['max_volume_spread_ml']:g} mL, or (+hu) a -/+4 HU shift moving the volume over "
+          f"{thresholds['max_calibration_spread_ml']:g} mL and {thresholds['max_calibration_spread_ratio']:g} x it)")
     print("| --tta | passes | mean abs error (mL) | rho(uncertain vol, error) | rho(spread, error) "
-          "| worst 10% caught | cases flagged |")
-    print("|---|---|---|---|---|---|---|")
+          "| rho(calibration spread, error) | worst 10% caught | cases flagged |")
+    print("|---|---|---|---|---|---|---|---|")
     n_worst = max(1, int(round(0.1 * len(df))))
-    for mode, npass in (("none", 1), ("flip", 2), ("flip+mc", 2 + 2 * mc_passes)):
+    for mode, npass in (("none", 1), ("flip", 2), ("flip+mc", 2 + 2 * mc_passes), ("flip+hu", 4)):
+        if f"{mode}_abs_err" not in df.columns:  # rows of an older run
+            continue
         err = df[f"{mode}_abs_err"]
+        cal = df[f"{mode}_cal_spread_ml"] if f"{mode}_cal_spread_ml" in df.columns else [None] * len(df)
         # the flag's rule on the recorded measures (so --from-tsv re-applies today's thresholds)
         df[f"{mode}_flag"] = [bool(QC.uncertain_reasons(
-            {"UncertainVolume": u, "VolumeSpread": s if npass > 1 else None, "HemorrhageVolume": v}, thresholds))
-            for u, s, v in zip(df[f"{mode}_uncertain_ml"], df[f"{mode}_spread_ml"], df[f"{mode}_ml"])]
+            {"UncertainVolume": u, "VolumeSpread": s if npass > 1 else None, "HemorrhageVolume": v,
+             "CalibrationSpread": c}, thresholds))
+            for u, s, v, c in zip(df[f"{mode}_uncertain_ml"], df[f"{mode}_spread_ml"], df[f"{mode}_ml"], cal)]
         worst = df.nlargest(n_worst, f"{mode}_abs_err")
         caught = int(worst[f"{mode}_flag"].sum())
         rho_u = spearman(df[f"{mode}_uncertain_ml"], err)
         rho_s = spearman(df[f"{mode}_spread_ml"], err) if npass > 1 else float("nan")
+        rho_c = spearman(cal, err) if cal[0] is not None else float("nan")
         flagged = int(df[f"{mode}_flag"].sum())
         tables["uncertainty"].append({"tta": mode, "passes": npass, "mae_ml": float(err.mean()),
-                                      "rho_uncertain": rho_u, "rho_spread": rho_s, "worst": n_worst,
-                                      "worst_caught": caught, "flagged": flagged, "n": len(df)})
+                                      "rho_uncertain": rho_u, "rho_spread": rho_s, "rho_calibration": rho_c,
+                                      "worst": n_worst, "worst_caught": caught, "flagged": flagged, "n": len(df)})
         print(f"| {mode} | {npass} | {err.mean():.2f} | {rho_u:.2f} | "
-              f"{'n/a' if npass == 1 else f'{rho_s:.2f}'} | {caught}/{n_worst} | {flagged}/{len(df)} |")
+              f"{'n/a' if npass == 1 else f'{rho_s:.2f}'} | {'n/a' if math.isnan(rho_c) else f'{rho_c:.2f}'} | "
+              f"{caught}/{n_worst} | {flagged}/{len(df)} |")
 
     ivh_table(df, out_dir, times, tables)
 
