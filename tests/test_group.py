@@ -403,13 +403,14 @@ def test_ivh_range_of_a_mass_effect_fit_reaches_the_tables(cohort, tmp_path):
     meta = json.loads(path.read_text())
     meta["HemorrhageSplit"]["IntraventricularVolumeRange"] = [0.25, meta["IntraventricularVolume"] + 3.0]
     # and --tta hu's calibration interval, as summarise and qc.quality write it: a volume that a
-    # -/+4 HU shift moves by more than 1.5 mL and half the volume is flagged, here and at the group level
+    # -/+4 HU shift moves by more than 1.5 mL and half the volume is flagged when the group level
+    # re-applies the thresholds (--qc-thresholds; without it the run's stored flags are kept)
     v = meta["HemorrhageVolume"]
     meta["Uncertainty"].update(CalibrationShiftHU=4.0, CalibrationInterval=[0.5 * v, 2.0 * v + 2.0],
                                CalibrationSpread=1.5 * v + 2.0)
     meta["QC"]["Metrics"].update(CalibrationShiftHU=4.0, CalibrationSpread=1.5 * v + 2.0)
     path.write_text(json.dumps(meta))
-    assert main([str(cohort["bids"]), str(out), "group"]) == 0
+    assert main([str(cohort["bids"]), str(out), "group", "--qc-thresholds", '{"max_calibration_spread_ml": 1.5}']) == 0
     vol = pd.read_csv(out / "group" / "volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
     row = vol.set_index("image").loc["sub-01_ses-1"]
     assert row["ivh_low_ml"] == 0.25 and row["ivh_high_ml"] == pytest.approx(meta["IntraventricularVolume"] + 3.0)
