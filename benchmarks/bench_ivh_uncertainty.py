@@ -182,28 +182,28 @@ def main():
         true_ml = float(truth.sum() * vml)
         row = {"case": n, "kind": kind, "true_ml": true_ml}
         modes = (("none", passes[:1]), ("flip", passes[:2])) + (() if args.ivh_only else (("flip+mc", passes),))
+        calib = {}
+        if not args.ivh_only:  # flip+hu: the flip result with the brain's HU shifted by -/+4 (not averaged in)
+            shifted = timed("VNet passes", lambda: calibration_passes(
+                model, vol, CALIBRATION_HU, patch_size=spec.patch_size or 0, device=plan["device"]))
+            calib = calibration_agreement(passes[0], shifted, CALIBRATION_HU, tml)
         for mode, sub in modes:
             prob_t = np.mean(sub, axis=0) if len(sub) > 1 else sub[0]
             prob = timed("to native (linear)", lambda: np.clip(np.asanyarray(
                 to_native(like(prob_t, template, dtype=np.float32), img, xfm, "linear").dataobj), 0, 1))
             mask = prob >= 0.5
             volume = float(mask.sum() * vml)
-            rec = summarise(pass_agreement(sub, tml), volume, prob, vml)
-            row.update({f"{mode}_ml": volume, f"{mode}_abs_err": abs(volume - true_ml),
-                        f"{mode}_uncertain_ml": rec["UncertainVolume"], f"{mode}_spread_ml": rec["VolumeSpread"],
-                        f"{mode}_pass_dice": rec["PassDice"]})
+            rec = summarise({**pass_agreement(sub, tml), **(calib if mode == "flip" else {})}, volume, prob, vml)
+            cols = {"ml": volume, "abs_err": abs(volume - true_ml), "uncertain_ml": rec["UncertainVolume"],
+                    "spread_ml": rec["VolumeSpread"], "pass_dice": rec["PassDice"]}
+            row.update({f"{mode}_{k}": v for k, v in cols.items()})
             if mode == "flip":
                 flip_mask, flip_prob_t = mask, prob_t
-                if not args.ivh_only:  # flip+hu: the flip result with the brain's HU shifted by -/+4 (not averaged in)
-                    shifted = timed("VNet passes", lambda: calibration_passes(
-                        model, vol, CALIBRATION_HU, patch_size=spec.patch_size or 0, device=plan["device"]))
-                    rec = summarise({**pass_agreement(sub, tml),
-                                     **calibration_agreement(passes[0], shifted, CALIBRATION_HU, tml)}, volume, prob, vml)
-                    row.update({f"flip+hu_{k}": row[f"flip_{k}"] for k in
-                                ("ml", "abs_err", "uncertain_ml", "spread_ml", "pass_dice")})
-                    row.update({"flip+hu_cal_low": rec["CalibrationInterval"][0],
-                                "flip+hu_cal_high": rec["CalibrationInterval"][1],
-                                "flip+hu_cal_spread_ml": rec["CalibrationSpread"]})
+            if "CalibrationInterval" in rec:
+                row.update({f"flip+hu_{k}": v for k, v in cols.items()})
+                row.update({"flip+hu_cal_low": rec["CalibrationInterval"][0],
+                            "flip+hu_cal_high": rec["CalibrationInterval"][1],
+                            "flip+hu_cal_spread_ml": rec["CalibrationSpread"]})
         if ivh is not None:
             row.update(true_ivh_ml=info["intraventricular_ml"], true_par_ml=info["parenchymal_ml"])
             for label, hem in (("truthmask", truth), ("network", flip_mask)):

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from . import __version__
+from .model.predict import tta_parts
 from .utils import write_text_atomic
 
 REFERENCES = {
@@ -138,7 +139,7 @@ def methods_paragraphs(config, versions=None):
            "flip+mc": "averaged over the left-right mirrored input and Monte-Carlo dropout passes",
            "auto": "averaged with the mirrored input on a GPU (a single pass on the CPU)"}.get(mode.removesuffix("+hu"))
     shifted = (", with the volume's change when the brain's HU were shifted by -4 and +4 HU (a scanner "
-               "calibration's tolerance)") if mode.endswith("hu") else ""
+               "calibration's tolerance)") if "hu" in tta_parts(mode) else ""
     paragraphs.append(
         ("The probabilities were " + tta + "; " if tta else "A single forward pass was used; ")
         + "the agreement between passes and the volume with probability 0.2-0.8 were reported as "

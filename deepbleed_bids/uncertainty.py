@@ -39,25 +39,27 @@ def uncertain_volume(prob, voxel_ml, band=BAND):
     return float(np.count_nonzero((prob >= band[0]) & (prob <= band[1])) * voxel_ml)
 
 
+def _mask_volume(prob, voxel_ml, threshold):
+    """Volume (mL, 3 decimals) of the mask prob >= threshold."""
+    return round(float(np.count_nonzero(np.asarray(prob) >= threshold) * voxel_ml), 3)
+
+
 def pass_agreement(passes, voxel_ml, threshold=0.5):
     """Agreement between test-time passes (template grid): volumes and Dice with their mean's mask."""
     passes = [np.asarray(p, np.float32) for p in passes]
     mean = np.mean(passes, axis=0) if len(passes) > 1 else passes[0]
     mean_mask = mean >= threshold
-    volumes = [float(np.count_nonzero(p >= threshold) * voxel_ml) for p in passes]
     dices = [dice(p >= threshold, mean_mask) for p in passes]
-    return {"Passes": len(passes), "PassVolumes": [round(v, 3) for v in volumes],
-            "MeanMaskVolume": round(float(np.count_nonzero(mean_mask) * voxel_ml), 3),
+    return {"Passes": len(passes), "PassVolumes": [_mask_volume(p, voxel_ml, threshold) for p in passes],
+            "MeanMaskVolume": _mask_volume(mean, voxel_ml, threshold),
             "PassDice": round(min(dices), 4)}
 
 
 def calibration_agreement(identity, shifted, shift_hu, voxel_ml, threshold=0.5):
     """The volumes (mL, template grid) of the identity pass and of the HU-shifted passes."""
-    def volume(p):
-        return round(float(np.count_nonzero(np.asarray(p) >= threshold) * voxel_ml), 3)
-
-    return {"CalibrationShiftHU": float(shift_hu), "CalibrationVolumes": [volume(p) for p in shifted],
-            "IdentityVolume": volume(identity)}
+    return {"CalibrationShiftHU": float(shift_hu),
+            "CalibrationVolumes": [_mask_volume(p, voxel_ml, threshold) for p in shifted],
+            "IdentityVolume": _mask_volume(identity, voxel_ml, threshold)}
 
 
 def _interval(volume, base, others):
